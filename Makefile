@@ -1,0 +1,29 @@
+# The two commands a newcomer needs (each sets up .venv on first use):
+#   make demo   - the main job
+#   make test   - the whole test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pyprobtf-installed
+NATIVE := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/pyprobtf/*)
+
+.PHONY: demo test bench clean
+
+# Re-installs when the build inputs change (the C++/CUDA build is incremental).
+$(STAMP): pyproject.toml CMakeLists.txt scripts/setup.sh $(NATIVE)
+	VENV=$(VENV) bash scripts/setup.sh
+	touch $@
+
+demo: $(STAMP)
+	$(PY) benchmarks/bench_affine_coupling.py
+
+# Triton kernels run on CPU only in Triton's interpreter, which must be chosen
+# before triton is imported: they get a pytest run of their own.
+test: $(STAMP)
+	$(PY) -m pytest -q
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_affine_coupling.py
+
+clean:
+	rm -rf build $(VENV)

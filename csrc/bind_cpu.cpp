@@ -1,0 +1,62 @@
+// pyprobtf._C: thin pybind11 bindings of the CPU kernels.
+//
+// Tensors arrive as (data pointer, row stride, column stride) tuples of plain
+// integers built by pyprobtf/ops/_native.py; the kernels never see torch.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <tuple>
+
+#include "pyprobtf/affine_coupling.h"
+
+namespace py = pybind11;
+using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
+using VecArg = std::tuple<uintptr_t, int64_t>;
+
+static ptf::Mat mat(const MatArg& m) {
+  return ptf::Mat{reinterpret_cast<void*>(std::get<0>(m)), std::get<1>(m), std::get<2>(m)};
+}
+static ptf::Vec vec(const VecArg& v) { return ptf::Vec{reinterpret_cast<void*>(std::get<0>(v)), std::get<1>(v)}; }
+static void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyprobtf CPU kernels (C++17, OpenMP)";
+
+  m.def("openmp", []() {
+#if defined(PTF_HAVE_OPENMP)
+    return true;
+#else
+    return false;
+#endif
+  }, "Whether the kernels were built with OpenMP.");
+
+  m.def(
+      "affine_coupling_forward",
+      [](MatArg x, MatArg shift, MatArg scale, uintptr_t y, uintptr_t ladj, int64_t rows, int64_t cols, int dtype,
+         int scale_fn, double clamp, bool inverse, int num_threads) {
+        ptf::AffineCouplingForward a{mat(x), mat(shift), mat(scale), ptr(y), ptr(ladj), rows, cols,
+                                     static_cast<ptf::DType>(dtype), static_cast<ptf::ScaleFn>(scale_fn), clamp,
+                                     inverse};
+        py::gil_scoped_release release;
+        ptf::affine_coupling_forward_cpu(a, num_threads);
+      },
+      py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("y"), py::arg("ladj"), py::arg("rows"),
+      py::arg("cols"), py::arg("dtype"), py::arg("scale_fn"), py::arg("clamp"), py::arg("inverse"),
+      py::arg("num_threads"));
+
+  m.def(
+      "affine_coupling_backward",
+      [](MatArg x, MatArg shift, MatArg scale, MatArg grad_y, VecArg grad_ladj, uintptr_t grad_x,
+         uintptr_t grad_shift, uintptr_t grad_scale, int64_t rows, int64_t cols, int dtype, int scale_fn,
+         double clamp, bool inverse, int num_threads) {
+        ptf::AffineCouplingBackward a{mat(x), mat(shift), mat(scale), mat(grad_y), vec(grad_ladj), ptr(grad_x),
+                                      ptr(grad_shift), ptr(grad_scale), rows, cols,
+                                      static_cast<ptf::DType>(dtype), static_cast<ptf::ScaleFn>(scale_fn), clamp,
+                                      inverse};
+        py::gil_scoped_release release;
+        ptf::affine_coupling_backward_cpu(a, num_threads);
+      },
+      py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("grad_y"), py::arg("grad_ladj"),
+      py::arg("grad_x"), py::arg("grad_shift"), py::arg("grad_scale"), py::arg("rows"), py::arg("cols"),
+      py::arg("dtype"), py::arg("scale_fn"), py::arg("clamp"), py::arg("inverse"), py::arg("num_threads"));
+}

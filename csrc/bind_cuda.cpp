@@ -1,0 +1,80 @@
+// pyprobtf._C_cuda: thin pybind11 bindings of the CUDA kernels.
+//
+// Built only when a CUDA compiler is found (PYPROBTF_CUDA=AUTO|ON|OFF). The
+// CUDA runtime is linked statically, so this module imports on machines with
+// no GPU and no CUDA libraries; device_count() then reports why there is none.
+// Tensors arrive as plain integers (pointers, strides, the stream).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <tuple>
+
+#include "pyprobtf/affine_coupling.h"
+#include "pyprobtf/cuda_runtime_info.h"
+
+namespace py = pybind11;
+using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
+using VecArg = std::tuple<uintptr_t, int64_t>;
+
+#ifndef PTF_CUDA_ARCHS
+#define PTF_CUDA_ARCHS "unknown"
+#endif
+
+static ptf::Mat mat(const MatArg& m) {
+  return ptf::Mat{reinterpret_cast<void*>(std::get<0>(m)), std::get<1>(m), std::get<2>(m)};
+}
+static ptf::Vec vec(const VecArg& v) { return ptf::Vec{reinterpret_cast<void*>(std::get<0>(v)), std::get<1>(v)}; }
+static void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+static void check(const char* error) {
+  if (error) throw std::runtime_error(std::string("pyprobtf CUDA kernel failed: ") + error);
+}
+
+PYBIND11_MODULE(_C_cuda, m) {
+  m.doc() = "pyprobtf CUDA kernels";
+  m.attr("architectures") = PTF_CUDA_ARCHS;
+
+  m.def("device_count", []() {
+    std::string error;
+    const int n = ptf::cuda_device_count(&error);
+    return std::make_tuple(n, error);
+  }, "(number of CUDA devices, error message when that number is 0 because of an error)");
+
+  m.def("device_capability", [](int device) {
+    std::string error;
+    const int cc = ptf::cuda_device_capability(device, &error);
+    if (cc < 0) throw std::runtime_error("cudaGetDeviceProperties failed: " + error);
+    return cc;
+  });
+
+  m.def("affine_coupling_workspace_bytes", &ptf::affine_coupling_workspace_bytes);
+
+  m.def(
+      "affine_coupling_forward",
+      [](MatArg x, MatArg shift, MatArg scale, uintptr_t y, uintptr_t ladj, int64_t rows, int64_t cols, int dtype,
+         int scale_fn, double clamp, bool inverse, uintptr_t workspace, uintptr_t stream) {
+        ptf::AffineCouplingForward a{mat(x), mat(shift), mat(scale), ptr(y), ptr(ladj), rows, cols,
+                                     static_cast<ptf::DType>(dtype), static_cast<ptf::ScaleFn>(scale_fn), clamp,
+                                     inverse};
+        check(ptf::affine_coupling_forward_cuda(a, ptr(workspace), ptr(stream)));
+      },
+      py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("y"), py::arg("ladj"), py::arg("rows"),
+      py::arg("cols"), py::arg("dtype"), py::arg("scale_fn"), py::arg("clamp"), py::arg("inverse"),
+      py::arg("workspace"), py::arg("stream"));
+
+  m.def(
+      "affine_coupling_backward",
+      [](MatArg x, MatArg shift, MatArg scale, MatArg grad_y, VecArg grad_ladj, uintptr_t grad_x,
+         uintptr_t grad_shift, uintptr_t grad_scale, int64_t rows, int64_t cols, int dtype, int scale_fn,
+         double clamp, bool inverse, uintptr_t stream) {
+        ptf::AffineCouplingBackward a{mat(x), mat(shift), mat(scale), mat(grad_y), vec(grad_ladj), ptr(grad_x),
+                                      ptr(grad_shift), ptr(grad_scale), rows, cols,
+                                      static_cast<ptf::DType>(dtype), static_cast<ptf::ScaleFn>(scale_fn), clamp,
+                                      inverse};
+        check(ptf::affine_coupling_backward_cuda(a, ptr(stream)));
+      },
+      py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("grad_y"), py::arg("grad_ladj"),
+      py::arg("grad_x"), py::arg("grad_shift"), py::arg("grad_scale"), py::arg("rows"), py::arg("cols"),
+      py::arg("dtype"), py::arg("scale_fn"), py::arg("clamp"), py::arg("inverse"), py::arg("stream"));
+}

@@ -1,0 +1,178 @@
+// CPU kernels for affine_coupling: one pass over the data forward (y and the
+// log-determinant together) and one fused pass backward (all three gradients).
+#include <vector>
+
+#include "pyprobtf/affine_coupling.h"
+#include "pyprobtf/cpu.h"
+
+namespace ptf {
+namespace {
+
+struct CpuMath {
+  template <typename C> static PTF_HD C exp(C x) { return cpu::exp(x); }
+  template <typename C> static PTF_HD C tanh(C x) { return cpu::tanh(x); }
+  template <typename C> static PTF_HD C softplus(C x) { return cpu::softplus(x); }
+};
+
+// Columns [c0, c1) of rows [r0, r1). partial[r - r0] receives the row's sum of s
+// over those columns, accumulated in float64.
+template <typename T, ScaleFn FN, bool INV, bool CONTIG>
+PTF_MULTIVERSION void forward_tile(const AffineCouplingForward& a, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                   double* partial) {
+  using C = typename compute_type<T>::type;
+  const C clamp = static_cast<C>(a.clamp);
+  const int64_t xs = CONTIG ? 1 : a.x.col_stride;
+  const int64_t ts = CONTIG ? 1 : a.shift.col_stride;
+  const int64_t as = CONTIG ? 1 : a.scale.col_stride;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* x = static_cast<const T*>(a.x.data) + r * a.x.row_stride;
+    const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
+    const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride;
+    T* y = static_cast<T*>(a.y) + r * a.cols;
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t c = c0; c < c1; ++c) {
+      const C xv = cpu::load(x[c * xs]);
+      const C tv = cpu::load(t[c * ts]);
+      const C s = log_multiplier<FN, CpuMath>(cpu::load(sc[c * as]), clamp);
+      const C out = INV ? (xv - tv) * cpu::exp(-s) : xv * cpu::exp(s) + tv;
+      y[c] = cpu::store<T>(out);
+      acc += static_cast<double>(s);
+    }
+    partial[r - r0] = acc;
+  }
+}
+
+template <typename T, ScaleFn FN, bool INV, bool CONTIG>
+PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0, int64_t r1, int64_t c0,
+                                    int64_t c1) {
+  using C = typename compute_type<T>::type;
+  using L = C;  // ladj (and its gradient) is float32 for every dtype but float64
+  const C clamp = static_cast<C>(a.clamp);
+  const int64_t xs = CONTIG ? 1 : a.x.col_stride;
+  const int64_t ts = CONTIG ? 1 : a.shift.col_stride;
+  const int64_t as = CONTIG ? 1 : a.scale.col_stride;
+  const int64_t gs = CONTIG ? 1 : a.grad_y.col_stride;
+  const bool write_shift = a.grad_shift != nullptr;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* x = static_cast<const T*>(a.x.data) + r * a.x.row_stride;
+    const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
+    const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride;
+    const T* gy = static_cast<const T*>(a.grad_y.data) + r * a.grad_y.row_stride;
+    const C gl = static_cast<C>(static_cast<const L*>(a.grad_ladj.data)[r * a.grad_ladj.stride]);
+    T* gx = static_cast<T*>(a.grad_x) + r * a.cols;
+    T* gt = write_shift ? static_cast<T*>(a.grad_shift) + r * a.cols : nullptr;
+    T* ga = static_cast<T*>(a.grad_scale) + r * a.cols;
+#pragma omp simd
+    for (int64_t c = c0; c < c1; ++c) {
+      const C xv = cpu::load(x[c * xs]);
+      const C av = cpu::load(sc[c * as]);
+      const C g = cpu::load(gy[c * gs]);
+      const C s = log_multiplier<FN, CpuMath>(av, clamp);
+      const C e = cpu::exp(INV ? -s : s);
+      const C gxv = g * e;
+      C gsv;
+      if constexpr (INV) {
+        const C yv = (xv - cpu::load(t[c * ts])) * e;
+        gsv = -(g * yv) - gl;
+      } else {
+        gsv = gxv * xv + gl;
+      }
+      gx[c] = cpu::store<T>(gxv);
+      ga[c] = cpu::store<T>(gsv * dlog_multiplier<FN, CpuMath>(av, s, clamp));
+      if (write_shift) gt[c] = cpu::store<T>(INV ? -gxv : g);
+    }
+  }
+}
+
+template <typename T, ScaleFn FN, bool INV, bool CONTIG>
+void forward_impl(const AffineCouplingForward& a, int num_threads) {
+  using L = typename compute_type<T>::type;
+  const cpu::Tiling tiling(a.rows, a.cols);
+  L* ladj = static_cast<L*>(a.ladj);
+  if (tiling.col_tiles == 1) {
+    cpu::parallel_for(tiling.tiles, a.rows * a.cols, num_threads, [&](int64_t tile) {
+      const int64_t r0 = tile * tiling.rows_per_tile;
+      const int64_t r1 = r0 + tiling.rows_per_tile < a.rows ? r0 + tiling.rows_per_tile : a.rows;
+      double partial[cpu::kTile];
+      forward_tile<T, FN, INV, CONTIG>(a, r0, r1, 0, a.cols, partial);
+      for (int64_t r = r0; r < r1; ++r) ladj[r] = static_cast<L>(INV ? -partial[r - r0] : partial[r - r0]);
+    });
+    return;
+  }
+  // Long rows: each tile is a piece of one row; the pieces' sums are added in order.
+  std::vector<double> partial(static_cast<size_t>(tiling.tiles));
+  cpu::parallel_for(tiling.tiles, a.rows * a.cols, num_threads, [&](int64_t tile) {
+    const int64_t r = tile / tiling.col_tiles;
+    const int64_t c0 = (tile % tiling.col_tiles) * cpu::kTile;
+    const int64_t c1 = c0 + cpu::kTile < a.cols ? c0 + cpu::kTile : a.cols;
+    forward_tile<T, FN, INV, CONTIG>(a, r, r + 1, c0, c1, &partial[tile]);
+  });
+  for (int64_t r = 0; r < a.rows; ++r) {
+    double sum = 0.0;
+    for (int64_t k = 0; k < tiling.col_tiles; ++k) sum += partial[r * tiling.col_tiles + k];
+    ladj[r] = static_cast<L>(INV ? -sum : sum);
+  }
+}
+
+template <typename T, ScaleFn FN, bool INV, bool CONTIG>
+void backward_impl(const AffineCouplingBackward& a, int num_threads) {
+  const cpu::Tiling tiling(a.rows, a.cols);
+  cpu::parallel_for(tiling.tiles, a.rows * a.cols, num_threads, [&](int64_t tile) {
+    if (tiling.col_tiles == 1) {
+      const int64_t r0 = tile * tiling.rows_per_tile;
+      const int64_t r1 = r0 + tiling.rows_per_tile < a.rows ? r0 + tiling.rows_per_tile : a.rows;
+      backward_tile<T, FN, INV, CONTIG>(a, r0, r1, 0, a.cols);
+    } else {
+      const int64_t r = tile / tiling.col_tiles;
+      const int64_t c0 = (tile % tiling.col_tiles) * cpu::kTile;
+      const int64_t c1 = c0 + cpu::kTile < a.cols ? c0 + cpu::kTile : a.cols;
+      backward_tile<T, FN, INV, CONTIG>(a, r, r + 1, c0, c1);
+    }
+  });
+}
+
+// Turns the run-time choices into template arguments.
+template <template <typename, ScaleFn, bool, bool> class Impl, typename Args>
+void dispatch(const Args& a, bool contiguous, int num_threads) {
+  cpu::dispatch_dtype(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    auto with_fn = [&](auto fn_tag) {
+      constexpr ScaleFn FN = decltype(fn_tag)::value;
+      if (a.inverse) {
+        contiguous ? Impl<T, FN, true, true>::run(a, num_threads) : Impl<T, FN, true, false>::run(a, num_threads);
+      } else {
+        contiguous ? Impl<T, FN, false, true>::run(a, num_threads) : Impl<T, FN, false, false>::run(a, num_threads);
+      }
+    };
+    switch (a.scale_fn) {
+      case ScaleFn::Exp: with_fn(std::integral_constant<ScaleFn, ScaleFn::Exp>{}); break;
+      case ScaleFn::SoftClamp: with_fn(std::integral_constant<ScaleFn, ScaleFn::SoftClamp>{}); break;
+      case ScaleFn::Sigmoid: with_fn(std::integral_constant<ScaleFn, ScaleFn::Sigmoid>{}); break;
+    }
+  });
+}
+
+template <typename T, ScaleFn FN, bool INV, bool CONTIG>
+struct Forward {
+  static void run(const AffineCouplingForward& a, int n) { forward_impl<T, FN, INV, CONTIG>(a, n); }
+};
+template <typename T, ScaleFn FN, bool INV, bool CONTIG>
+struct Backward {
+  static void run(const AffineCouplingBackward& a, int n) { backward_impl<T, FN, INV, CONTIG>(a, n); }
+};
+
+}  // namespace
+
+void affine_coupling_forward_cpu(const AffineCouplingForward& a, int num_threads) {
+  const bool contiguous = a.x.col_stride == 1 && a.shift.col_stride == 1 && a.scale.col_stride == 1;
+  dispatch<Forward>(a, contiguous, num_threads);
+}
+
+void affine_coupling_backward_cpu(const AffineCouplingBackward& a, int num_threads) {
+  const bool contiguous =
+      a.x.col_stride == 1 && a.shift.col_stride == 1 && a.scale.col_stride == 1 && a.grad_y.col_stride == 1;
+  dispatch<Backward>(a, contiguous, num_threads);
+}
+
+}  // namespace ptf

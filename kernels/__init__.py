@@ -1,0 +1,12 @@
+"""Triton kernels of pyprobtf, one module per op, each with plain launch functions.
+
+Shipped inside the wheel as ``pyprobtf.kernels`` (from the top-level kernels/
+folder). Launch functions take preallocated torch tensors and fill them; all
+argument checking happens earlier, in ``pyprobtf.ops``. On CPU tensors the
+kernels run only under Triton's interpreter (TRITON_INTERPRET=1 set before
+triton is imported).
+"""
+
+from pyprobtf.kernels import affine_coupling
+
+__all__ = ["affine_coupling"]

@@ -1,0 +1,9 @@
+"""Drop-in fast ops. Each takes ``backend="auto"`` or a named backend.
+
+See :func:`available_backends` for what runs on this machine.
+"""
+
+from pyprobtf.ops._backends import BackendStatus, BackendUnavailableError, available_backends
+from pyprobtf.ops.affine_coupling import affine_coupling
+
+__all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "available_backends"]

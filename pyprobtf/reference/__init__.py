@@ -1,0 +1,10 @@
+"""Pure-PyTorch implementations of every op: the executable spec.
+
+Each function here is the contract of docs/ARCHITECTURE.md written as
+plainly as possible. They run on any device and dtype, are exact in float64,
+and every other backend is tested against them.
+"""
+
+from pyprobtf.reference.affine_coupling import affine_coupling, affine_coupling_backward
+
+__all__ = ["affine_coupling", "affine_coupling_backward"]

@@ -1,0 +1,411 @@
+"""affine_coupling: every backend against the float64 reference (values and
+gradients), inverse round trips, the log-determinant against the autograd
+Jacobian, NaN propagation, batch invariance, bad input, opcheck and compile.
+
+Triton tests are marked `triton` and run in a pytest run of their own
+(`pytest -m triton`), under the interpreter on CPU; GPU tests are marked `gpu`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyprobtf import reference
+from pyprobtf.ops import BackendUnavailableError, affine_coupling, available_backends
+from pyprobtf.ops._backends import triton_interpreting
+from pyprobtf.reference.affine_coupling import log_multiplier
+from pyprobtf.testing import DTYPES, LAYOUTS, assert_close, batch_shapes, make_tensor, tolerance
+
+SCALE_FNS = ("exp", "softclamp", "sigmoid")
+CPU_BACKENDS = ["reference", "cpp"]
+GPU_BACKENDS = ["reference", "cuda", "triton"]
+HAS_CUDA = torch.cuda.is_available()
+TRITON_EXAMPLES = int(os.environ.get("PYPROBTF_TRITON_EXAMPLES", "25"))
+
+
+def triton_device() -> str:
+    return "cpu" if triton_interpreting() else "cuda"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _inputs(shape, dtype, layouts, seed, device="cpu"):
+    # x and shift in [-2, 2); scale in [-2, 2) too, so exp(s) stays within [e^-2, e^2].
+    return tuple(make_tensor(shape, dtype, layout, seed=seed + i, device=device) for i, layout in enumerate(layouts))
+
+
+def _ds(a, s, scale_fn, clamp):
+    if scale_fn == "exp":
+        return torch.ones_like(a)
+    if scale_fn == "softclamp":
+        return 1 - (s / clamp) ** 2
+    return torch.exp(s - a - 2)
+
+
+def check_forward(backend, device, dtype, shape, layouts, scale_fn, clamp, inverse, seed=0):
+    x, t, a = _inputs(shape, dtype, layouts, seed, device)
+    y, ladj = affine_coupling(x, t, a, scale_fn=scale_fn, clamp=clamp, inverse=inverse, backend=backend)
+    x64, t64, a64 = (u.double().cpu() for u in (x, t, a))
+    y64, l64 = reference.affine_coupling(x64, t64, a64, scale_fn, clamp, inverse)
+    s = log_multiplier(a64, scale_fn, clamp)
+    assert y.shape == x.shape and y.dtype == dtype and y.device == x.device and y.is_contiguous()
+    assert ladj.shape == (shape[0],)
+    assert ladj.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    # Rounding errors scale with the terms that are added, not with their sum.
+    terms = (x64 - t64).abs() * torch.exp(-s) if inverse else (x64 * torch.exp(s)).abs() + t64.abs()
+    rtol, atol = tolerance(dtype)
+    assert_close(y, y64, rtol=rtol, atol=atol, scale=terms + y64.abs(), what="y")
+    rtol, atol = tolerance(ladj.dtype)
+    ladj_terms = s.abs().reshape(shape[0], math.prod(shape[1:])).sum(1)
+    assert_close(ladj, l64, rtol=rtol, atol=atol, scale=ladj_terms, what="ladj")
+
+
+def check_backward(backend, device, dtype, shape, layouts, scale_fn, clamp, inverse, seed=0):
+    x, t, a = _inputs(shape, dtype, layouts, seed, device)
+    gy = make_tensor(shape, dtype, "contiguous", seed=seed + 7, device=device)
+    ladj_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    gl = make_tensor(shape[:1], ladj_dtype, "contiguous", seed=seed + 8, device=device)
+    xr, tr, ar = (u.detach().requires_grad_() for u in (x, t, a))
+    y, ladj = affine_coupling(xr, tr, ar, scale_fn=scale_fn, clamp=clamp, inverse=inverse, backend=backend)
+    grads = torch.autograd.grad((y, ladj), (xr, tr, ar), (gy, gl))
+
+    x64, t64, a64 = (u.double().cpu().requires_grad_() for u in (x, t, a))
+    y64, l64 = reference.affine_coupling(x64, t64, a64, scale_fn, clamp, inverse)
+    expected = torch.autograd.grad((y64, l64), (x64, t64, a64), (gy.double().cpu(), gl.double().cpu()))
+
+    with torch.no_grad():
+        s = log_multiplier(a64, scale_fn, clamp)
+        e = torch.exp(-s if inverse else s)
+        g = gy.double().cpu().abs()
+        gl_b = gl.double().cpu().abs().reshape((-1,) + (1,) * (len(shape) - 1))
+        xmag = (x64.abs() + t64.abs()) if inverse else x64.abs()
+        ds = _ds(a64, s, scale_fn, clamp).abs() + (1e-14 if dtype == torch.float64 else 1e-6)
+        scales = (g * e, g * e if inverse else g, (g * xmag * e + gl_b) * ds)
+    rtol, atol = tolerance(dtype)
+    for name, got, want, scale in zip(("grad x", "grad shift", "grad scale"), grads, expected, scales):
+        assert got.dtype == dtype and got.shape == x.shape
+        assert_close(got, want, rtol=rtol, atol=atol, scale=scale + want.abs(), what=name)
+
+
+case = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(DTYPES),
+        "shape": batch_shapes(),
+        "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=3, max_size=3),
+        "scale_fn": st.sampled_from(SCALE_FNS),
+        "clamp": st.sampled_from([0.5, 1.0, 2.0, 5.0]),
+        "inverse": st.booleans(),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+# Small cases for Triton's interpreter (slow; no bfloat16 there).
+triton_case = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from([torch.float32, torch.float64, torch.float16]),
+        "shape": batch_shapes(max_batch=5, max_event_dims=2, max_event=6),
+        "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=3, max_size=3),
+        "scale_fn": st.sampled_from(SCALE_FNS),
+        "clamp": st.sampled_from([0.5, 2.0]),
+        "inverse": st.booleans(),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+# ----------------------------------------------------------------------------- backends vs reference
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(c=case)
+def test_forward_matches_reference(backend, c):
+    check_forward(backend, "cpu", **c)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(c=case)
+def test_backward_matches_reference(backend, c):
+    check_backward(backend, "cpu", **c)
+
+
+@pytest.mark.parametrize("scale_fn", SCALE_FNS)
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("cols", [4095, 4096, 4097, 3 * 4096 + 5])
+def test_cpp_long_rows(scale_fn, inverse, cols):
+    # Rows longer than one CPU tile are summed from per-tile partials.
+    check_forward("cpp", "cpu", torch.float32, (3, cols), ["contiguous"] * 3, scale_fn, 2.0, inverse)
+    check_backward("cpp", "cpu", torch.float32, (3, cols), ["sliced"] * 3, scale_fn, 2.0, inverse)
+
+
+@pytest.mark.triton
+@settings(max_examples=TRITON_EXAMPLES)
+@given(c=triton_case)
+def test_triton_forward_matches_reference(c):
+    check_forward("triton", triton_device(), **c)
+
+
+@pytest.mark.triton
+@settings(max_examples=TRITON_EXAMPLES)
+@given(c=triton_case)
+def test_triton_backward_matches_reference(c):
+    check_backward("triton", triton_device(), **c)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("inverse", [False, True])
+def test_triton_long_rows(inverse):
+    # More than one column tile per row: partial sums and the second kernel.
+    check_forward("triton", triton_device(), torch.float32, (2, 2500), ["contiguous"] * 3, "softclamp", 2.0, inverse)
+    check_backward("triton", triton_device(), torch.float32, (2, 2500), ["sliced"] * 3, "sigmoid", 2.0, inverse)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@given(c=case)
+def test_gpu_forward_matches_reference(backend, c):
+    check_forward(backend, "cuda", **c)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@given(c=case)
+def test_gpu_backward_matches_reference(backend, c):
+    check_backward(backend, "cuda", **c)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(5, 70000), (100000, 3), (1, 1)])
+def test_gpu_large_shapes(backend, shape):
+    check_forward(backend, "cuda", torch.float32, shape, ["contiguous", "sliced", "transposed"], "softclamp", 2.0, False)
+    check_backward(backend, "cuda", torch.float16, shape, ["contiguous"] * 3, "exp", 2.0, True)
+
+
+# ----------------------------------------------------------------------------- the reference itself
+
+
+@given(c=case.filter(lambda c: c["dtype"] == torch.float64))
+def test_reference_backward_is_the_chain_rule(c):
+    # reference.affine_coupling_backward (used by the reference backend and as the
+    # kernels' formula) equals autograd through the reference forward.
+    x, t, a = _inputs(c["shape"], torch.float64, c["layouts"], c["seed"])
+    gy = make_tensor(c["shape"], torch.float64, seed=99)
+    gl = make_tensor(c["shape"][:1], torch.float64, seed=98)
+    xr, tr, ar = (u.clone().requires_grad_() for u in (x, t, a))
+    y, ladj = reference.affine_coupling(xr, tr, ar, c["scale_fn"], c["clamp"], c["inverse"])
+    want = torch.autograd.grad((y, ladj), (xr, tr, ar), (gy, gl))
+    got = reference.affine_coupling_backward(gy, gl, x, t, a, c["scale_fn"], c["clamp"], c["inverse"])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("scale_fn", SCALE_FNS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverse_undoes_forward(backend, scale_fn, dtype):
+    x, t, a = (make_tensor((17, 3, 5), dtype, seed=i) for i in range(3))
+    y, ladj = affine_coupling(x, t, a, scale_fn=scale_fn, backend=backend)
+    x_back, ladj_back = affine_coupling(y, t, a, scale_fn=scale_fn, inverse=True, backend=backend)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(x_back, x, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(ladj_back, -ladj, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("scale_fn", SCALE_FNS)
+@pytest.mark.parametrize("inverse", [False, True])
+def test_ladj_is_log_abs_det_jacobian(backend, scale_fn, inverse):
+    # For each row b: ladj[b] = log |det dy_b / dx_b|, the Jacobian taken by autograd.
+    x, t, a = (make_tensor((4, 2, 3), torch.float64, seed=i) for i in range(3))
+    _, ladj = affine_coupling(x, t, a, scale_fn=scale_fn, inverse=inverse, backend=backend)
+    for b in range(x.shape[0]):
+        def row_map(xb, b=b):
+            return affine_coupling(
+                xb.reshape(1, 2, 3), t[b : b + 1], a[b : b + 1], scale_fn=scale_fn, inverse=inverse, backend=backend
+            )[0].reshape(-1)
+
+        jac = torch.autograd.functional.jacobian(row_map, x[b].reshape(-1))
+        sign, logdet = torch.linalg.slogdet(jac)
+        assert sign > 0
+        torch.testing.assert_close(ladj[b], logdet, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_propagates_like_reference(backend):
+    x, t, a = (make_tensor((6, 5), torch.float32, seed=i) for i in range(3))
+    x[0, 1] = math.nan  # y NaN there; ladj finite
+    t[1, 2] = math.nan  # y NaN there; ladj finite
+    a[2, 3] = math.nan  # y NaN there and ladj NaN for row 2 only
+    a[3, 0] = math.inf  # exp(inf) = inf: y inf or NaN exactly as the reference says
+    for scale_fn in SCALE_FNS:
+        for inverse in (False, True):
+            y, ladj = affine_coupling(x, t, a, scale_fn=scale_fn, inverse=inverse, backend=backend)
+            y_ref, ladj_ref = reference.affine_coupling(x, t, a, scale_fn, 2.0, inverse)
+            assert torch.equal(y.isnan(), y_ref.isnan()), (scale_fn, inverse)
+            assert torch.equal(y.isinf(), y_ref.isinf()), (scale_fn, inverse)
+            assert torch.equal(ladj.isnan(), ladj_ref.isnan()), (scale_fn, inverse)
+            finite = y_ref.isfinite()
+            torch.testing.assert_close(y[finite], y_ref[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cols", [3, 300, 5000])
+def test_cpp_batch_invariant(cols):
+    # A row's result is bit-identical whatever rows surround it, the batch size
+    # and the thread count.
+    x, t, a = (make_tensor((64, cols), torch.float32, seed=i) for i in range(3))
+    full_y, full_ladj = affine_coupling(x, t, a, scale_fn="softclamp", backend="cpp")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_y, one_ladj = affine_coupling(x, t, a, scale_fn="softclamp", backend="cpp")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(full_y, one_y) and torch.equal(full_ladj, one_ladj)
+    for rows in (slice(5, 6), slice(0, 7), slice(30, 64)):
+        y, ladj = affine_coupling(x[rows], t[rows], a[rows], scale_fn="softclamp", backend="cpp")
+        assert torch.equal(y, full_y[rows]) and torch.equal(ladj, full_ladj[rows])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0), (0,), (1,), (3, 1, 0, 2)])
+def test_empty_and_degenerate_shapes(backend, shape):
+    x, t, a = (make_tensor(shape, torch.float32, seed=i) for i in range(3))
+    xr = x.clone().requires_grad_()
+    y, ladj = affine_coupling(xr, t, a, backend=backend)
+    assert y.shape == x.shape and ladj.shape == (shape[0],)
+    if len(shape) == 1:  # event of size 1 (no event dims): ladj is the scale itself
+        torch.testing.assert_close(ladj, a)
+    elif 0 in shape[1:]:
+        assert torch.all(ladj == 0)
+    (y.sum() + ladj.sum()).backward()
+    assert xr.grad.shape == x.shape
+
+
+def test_gradient_flows_only_where_needed():
+    # Only ladj used: the gradient reaching x is zero and scale's is exactly ds/da.
+    x, t, a = (make_tensor((3, 4), torch.float64, seed=i).requires_grad_() for i in range(3))
+    _, ladj = affine_coupling(x, t, a, scale_fn="exp", backend="cpp")
+    ladj.sum().backward()
+    assert torch.all(x.grad == 0) and torch.all(t.grad == 0)
+    torch.testing.assert_close(a.grad, torch.ones_like(a))
+
+
+@pytest.mark.parametrize("path", ["eager", "custom_op"])
+@pytest.mark.parametrize("scale_fn", SCALE_FNS)
+def test_second_derivatives_match_reference(path, scale_fn):
+    # create_graph=True: gradients of gradients (as in gradient penalties) are exact.
+    x, t, a = (make_tensor((3, 4), torch.float64, seed=i).requires_grad_() for i in range(3))
+
+    def penalty(fn):
+        y, ladj = fn(x, t, a)
+        grads = torch.autograd.grad((y ** 2).sum() + ladj.sum(), (x, t, a), create_graph=True)
+        return torch.autograd.grad(sum((g ** 2).sum() for g in grads), (x, t, a))
+
+    if path == "eager":
+        ours = penalty(lambda x, t, a: affine_coupling(x, t, a, scale_fn=scale_fn, inverse=True, backend="cpp"))
+    else:
+        ours = penalty(lambda x, t, a: torch.ops.pyprobtf.affine_coupling(x, t, a, scale_fn, 2.0, True, "cpp"))
+    want = penalty(lambda x, t, a: reference.affine_coupling(x, t, a, scale_fn, 2.0, True))
+    for o, w in zip(ours, want):
+        torch.testing.assert_close(o, w, rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- backends and dispatch
+
+
+def test_auto_picks_cpp_on_cpu():
+    from pyprobtf.ops import _backends
+
+    assert available_backends()["cpp"].available
+    assert _backends.resolve("affine_coupling", "auto", "cpu") == "cpp"
+
+
+def test_unavailable_backend_says_why():
+    x = torch.zeros(2, 3)
+    if available_backends()["cuda"].available:
+        pytest.skip("the cuda backend is available here")
+    with pytest.raises(BackendUnavailableError, match="cuda.*cannot run on cpu"):
+        affine_coupling(x, x, x, backend="cuda")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda x: (x, x[:, :2], x), ValueError, r"`shift` must have the shape of `x`, \(3, 4\); got \(3, 2\)"),
+        (lambda x: (x, x, x.double()), TypeError, r"`scale` must have the dtype of `x`, torch.float32; got torch.float64"),
+        (lambda x: (x, x.to("meta"), x), ValueError, r"`shift` must be on the device of `x`"),
+        (lambda x: (x.long(), x.long(), x.long()), TypeError, r"`x` must have dtype float32, float64, float16 or bfloat16; got torch.int64"),
+        (lambda x: (x.numpy(), x, x), TypeError, r"`x` must be a torch.Tensor; got ndarray"),
+        (lambda x: (x[0, 0], x[0, 0], x[0, 0]), ValueError, r"`x` must have at least 1 dimension"),
+    ],
+)
+def test_bad_tensors(make, error, match):
+    x = torch.zeros(3, 4)
+    with pytest.raises(error, match=match):
+        affine_coupling(*make(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"scale_fn": "tanh"}, ValueError, r"`scale_fn` must be one of \('exp', 'softclamp', 'sigmoid'\); got 'tanh'"),
+        ({"clamp": 0.0}, ValueError, r"`clamp` must be positive and finite; got 0.0"),
+        ({"clamp": -1}, ValueError, r"`clamp` must be positive and finite; got -1.0"),
+        ({"clamp": math.inf}, ValueError, r"`clamp` must be positive and finite; got inf"),
+        ({"clamp": math.nan}, ValueError, r"`clamp` must be positive and finite; got nan"),
+        ({"clamp": "2"}, TypeError, r"`clamp` must be a real number; got str"),
+        ({"inverse": 1}, TypeError, r"`inverse` must be True or False; got 1"),
+        ({"backend": "numba"}, ValueError, r"`backend` must be one of"),
+    ],
+)
+def test_bad_options(kwargs, error, match):
+    x = torch.zeros(3, 4)
+    with pytest.raises(error, match=match):
+        affine_coupling(x, x, x, **kwargs)
+
+
+# ----------------------------------------------------------------------------- torch integration
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(backend, dtype):
+    x, t, a = (make_tensor((5, 3), dtype, layout, seed=i).requires_grad_() for i, layout in
+               enumerate(["contiguous", "sliced", "transposed"]))
+    torch.library.opcheck(torch.ops.pyprobtf.affine_coupling.default, (x, t, a, "softclamp", 2.0, False, backend))
+    torch.library.opcheck(torch.ops.pyprobtf.affine_coupling.default, (x, t, a, "sigmoid", 1.0, True, backend))
+    gy = make_tensor((5, 3), dtype, seed=9)
+    gl = make_tensor((5,), dtype, seed=10)
+    torch.library.opcheck(
+        torch.ops.pyprobtf.affine_coupling_backward.default,
+        (gy, gl, x.detach(), t.detach(), a.detach(), "exp", 2.0, False, backend),
+    )
+
+
+def test_torch_compile_fullgraph():
+    def layer(x, t, a):
+        y, ladj = affine_coupling(x, t, a, scale_fn="softclamp")
+        return (y * y).sum() + ladj.sum()
+
+    compiled = torch.compile(layer, fullgraph=True)
+    x, t, a = (make_tensor((8, 6), torch.float32, seed=i).requires_grad_() for i in range(3))
+    want = layer(x, t, a)
+    want_grads = torch.autograd.grad(want, (x, t, a))
+    got = compiled(x, t, a)
+    got_grads = torch.autograd.grad(got, (x, t, a))
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
