@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "pyprobtf/affine_coupling.h"
+#include "pyprobtf/random.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -59,4 +60,14 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("grad_y"), py::arg("grad_ladj"),
       py::arg("grad_x"), py::arg("grad_shift"), py::arg("grad_scale"), py::arg("rows"), py::arg("cols"),
       py::arg("dtype"), py::arg("scale_fn"), py::arg("clamp"), py::arg("inverse"), py::arg("num_threads"));
+
+  m.def(
+      "philox_fill",
+      [](uintptr_t seed, uintptr_t counter, int64_t n, uintptr_t words, uintptr_t normal, uintptr_t uniform) {
+        py::gil_scoped_release release;
+        ptf::philox_fill_cpu(reinterpret_cast<const int64_t*>(seed), reinterpret_cast<const int64_t*>(counter), n,
+                             reinterpret_cast<uint32_t*>(words), reinterpret_cast<float*>(normal),
+                             reinterpret_cast<double*>(uniform));
+      },
+      "Philox words, tl.randn normals and 53-bit uniforms for int64 seed/counter arrays (testing).");
 }
