@@ -5,12 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <stdexcept>
 #include <tuple>
-#include <vector>
 
 #include "pyprobtf/affine_coupling.h"
-#include "pyprobtf/lincomb.h"
+#include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
 
 namespace py = pybind11;
@@ -22,37 +20,6 @@ static ptf::Mat mat(const MatArg& m) {
 }
 static ptf::Vec vec(const VecArg& v) { return ptf::Vec{reinterpret_cast<void*>(std::get<0>(v)), std::get<1>(v)}; }
 static void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
-
-// lincomb's arguments: up to four (pointer, row stride, col stride) inputs,
-// per-input coefficients (a number, or a per-row vector when its pointer is
-// nonzero), per-row or scalar noise scale and seed.
-static ptf::LincombArgs lincomb_args(const std::vector<MatArg>& inputs, const std::vector<double>& coeffs,
-                                     const std::vector<VecArg>& coeff_rows, MatArg out, int64_t rows, int64_t cols,
-                                     int dtype, bool noise, double noise_std, VecArg noise_std_rows, int64_t seed,
-                                     VecArg seed_rows, int64_t offset) {
-  const size_t n = inputs.size();
-  if (n < 1 || n > static_cast<size_t>(ptf::kLincombMaxInputs) || coeffs.size() != n || coeff_rows.size() != n) {
-    throw std::invalid_argument("lincomb: 1 to 4 inputs with one coefficient each");
-  }
-  ptf::LincombArgs a{};
-  a.n_inputs = static_cast<int>(n);
-  for (size_t k = 0; k < n; ++k) {
-    a.inputs[k] = mat(inputs[k]);
-    a.coeffs[k] = coeffs[k];
-    a.coeff_rows[k] = vec(coeff_rows[k]);
-  }
-  a.out = mat(out);
-  a.rows = rows;
-  a.cols = cols;
-  a.dtype = static_cast<ptf::DType>(dtype);
-  a.noise = noise;
-  a.noise_std = noise_std;
-  a.noise_std_rows = vec(noise_std_rows);
-  a.seed = static_cast<uint64_t>(seed);
-  a.seed_rows = vec(seed_rows);
-  a.offset = static_cast<uint64_t>(offset);
-  return a;
-}
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyprobtf CPU kernels (C++17, OpenMP)";
@@ -110,8 +77,8 @@ PYBIND11_MODULE(_C, m) {
       [](const std::vector<MatArg>& inputs, const std::vector<double>& coeffs, const std::vector<VecArg>& coeff_rows,
          MatArg out, int64_t rows, int64_t cols, int dtype, bool noise, double noise_std, VecArg noise_std_rows,
          int64_t seed, VecArg seed_rows, int64_t offset, int num_threads) {
-        const ptf::LincombArgs a = lincomb_args(inputs, coeffs, coeff_rows, out, rows, cols, dtype, noise, noise_std,
-                                                noise_std_rows, seed, seed_rows, offset);
+        const ptf::LincombArgs a = ptf::make_lincomb_args(inputs, coeffs, coeff_rows, out, rows, cols, dtype, noise,
+                                                          noise_std, noise_std_rows, seed, seed_rows, offset);
         py::gil_scoped_release release;
         ptf::lincomb_cpu(a, num_threads);
       },

@@ -154,6 +154,22 @@ def test_triton_matches_reference(c):
     check_lincomb("triton", triton_device(), **c)
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("shape, seed", [((3, 2500), torch.tensor([5, -7, 2**40])), ((2, 3000), 12345),
+                                         ((70, 3), torch.arange(70)), ((1, 9000), 2**63 + 1)])
+def test_triton_agrees_with_cpp(shape, seed):
+    # The two backends cut the work differently (Triton: 1024-column tiles, C++: 4096-element
+    # tiles and 512-column noise chunks); noise and results agree up to float rounding.
+    x, d = (make_tensor(shape, torch.float32, seed=i) for i in range(2))
+    c = make_tensor(shape[:1], torch.float32, seed=3)
+    args = dict(noise_std=0.8, seed=seed, offset=2**35 + 3)
+    cpp = lincomb([x, d], [c, -0.5], backend="cpp", **args)
+    tri = lincomb([x.to(triton_device()), d.to(triton_device())], [c.to(triton_device()), -0.5], backend="triton",
+                  noise_std=0.8, seed=seed.to(triton_device()) if isinstance(seed, torch.Tensor) else seed,
+                  offset=2**35 + 3)
+    torch.testing.assert_close(tri.cpu(), cpp, rtol=2e-6, atol=0.8 * NOISE_ATOL + 1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @given(c=case)

@@ -77,9 +77,17 @@ def _gaussian_edm(mu: float, s: float):
     return denoiser, flow
 
 
-def test_dpmpp_2m_order_of_convergence():
-    denoiser, flow = _gaussian_edm(mu=0.7, s=0.5)
+def _edm(denoiser, kind: str):
+    """The EDM field of a denoiser: as an EDMField (steps fold the conversion into their update) or a plain
+    callable (steps see only dx/dsigma); both must give the same samples up to rounding."""
     field = edm_field(denoiser)
+    return field if kind == "edm_field" else (lambda x, sigma: field(x, sigma))
+
+
+@pytest.mark.parametrize("kind", ["edm_field", "plain"])
+def test_dpmpp_2m_order_of_convergence(kind):
+    denoiser, flow = _gaussian_edm(mu=0.7, s=0.5)
+    field = _edm(denoiser, kind)
     x0 = torch.linspace(-20.0, 20.0, 8, dtype=F64).reshape(4, 2)
     exact = flow(x0, 10.0, 0.05)
     errors = [(sample_ode(field, x0, _geometric(n, 10.0, 0.05), method="dpmpp_2m") - exact).abs().max().item()
@@ -88,16 +96,20 @@ def test_dpmpp_2m_order_of_convergence():
     assert abs(_observed_order(errors) - 2) < 0.2, errors
 
 
+@pytest.mark.parametrize("kind", ["edm_field", "plain"])
 @pytest.mark.parametrize("method, atol", [("euler", 0.05), ("heun", 0.01), ("midpoint", 1e-3), ("rk4", 1e-4),
                                           ("dpmpp_2m", 0.01)])
-def test_edm_sampling_down_to_sigma_zero(method, atol):
+def test_edm_sampling_down_to_sigma_zero(method, atol, kind):
     # A Karras grid ends at sigma = 0, where the EDM field is undefined: dpmpp_2m returns D there,
     # heun and rk4 take an Euler last step (k-diffusion's convention).
     denoiser, flow = _gaussian_edm(mu=0.7, s=0.5)
     x0 = torch.linspace(-80.0, 80.0, 8, dtype=F64).reshape(4, 2)
-    got = sample_ode(edm_field(denoiser), x0, karras_sigmas(40, 0.002, 80.0), method=method)
+    got = sample_ode(_edm(denoiser, kind), x0, karras_sigmas(40, 0.002, 80.0), method=method)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, flow(x0, 80.0, 0.0), rtol=0, atol=atol)
+    if kind == "edm_field":  # the folded update is the same method
+        plain = sample_ode(_edm(denoiser, "plain"), x0, karras_sigmas(40, 0.002, 80.0), method=method)
+        torch.testing.assert_close(got, plain, rtol=1e-12, atol=1e-12)
 
 
 def test_euler_at_zero_can_be_disabled():
@@ -238,8 +250,8 @@ def test_ddim_eta_zero_converges_to_the_probability_flow():
     assert abs(_observed_order(errors) - 1) < 0.25, errors  # DDIM is first order
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_euler_ancestral_moments(eta):
+@pytest.mark.parametrize("eta, kind", [(0.0, "edm_field"), (1.0, "edm_field"), (1.0, "plain")])
+def test_euler_ancestral_moments(eta, kind):
     # On Gaussian data the denoiser is affine, so each k-diffusion step
     #   sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)), sigma_down = sqrt(s'^2 - sigma_up^2),
     #   x' = x + (sigma_down - s) (x - D(x, s)) / s + sigma_up z
@@ -258,7 +270,7 @@ def test_euler_ancestral_moments(eta):
     chain = _chain_moments(mu, 80.0**2 + s * s, steps)
     assert abs(chain[0] - mu) < 1e-9 and abs(chain[1] - s * s) < 0.06
     x0 = torch.randn(n, 1, generator=torch.Generator().manual_seed(2)) * math.sqrt(80.0**2 + s * s) + mu
-    x = sample_euler_ancestral(edm_field(denoiser), x0, sigmas, eta=eta, seed=9)
+    x = sample_euler_ancestral(_edm(denoiser, kind), x0, sigmas, eta=eta, seed=9)
     # x0's own sampling error carries through the (contracting) chain: compare its moments too
     x0_chain = _chain_moments(x0.double().mean().item(), x0.double().var().item(), steps)
     _moments_close(x, x0_chain[0], chain[1])

@@ -33,7 +33,7 @@ from pyprobtf.solvers.ode import (
     rk4_step,
     sample_ode,
 )
-from pyprobtf.solvers.predictions import PREDICTIONS, convert_prediction, edm_field
+from pyprobtf.solvers.predictions import PREDICTIONS, EDMField, convert_prediction, edm_field
 from pyprobtf.solvers.schedules import VPCosine, VPLinear, VPSchedule, karras_sigmas, uniform_times, vp_cosine, vp_linear
 from pyprobtf.solvers.sde import (
     ancestral_sigmas,
@@ -46,6 +46,7 @@ from pyprobtf.solvers.sde import (
 )
 
 __all__ = [
+    "EDMField",
     "PREDICTIONS",
     "VPCosine",
     "VPLinear",

@@ -8,7 +8,9 @@ single :func:`~pyprobtf.ops.lincomb` pass (k-diffusion's Euler step makes about
 
 The field's outputs are kept between its calls within a step (and by
 ``dpmpp_2m`` across steps): it must return a new tensor each call, not a buffer
-it overwrites.
+it overwrites. A field made by :func:`~pyprobtf.solvers.edm_field` is stepped on
+its denoiser's outputs directly, with the conversion ``(x - D) / sigma`` folded
+into the update (as k-diffusion's samplers do, but in one pass).
 """
 
 from __future__ import annotations
@@ -20,18 +22,44 @@ import torch
 
 from pyprobtf.ops import lincomb
 from pyprobtf.solvers import _common
+from pyprobtf.solvers.predictions import EDMField
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 
 
+def _denoiser(field):
+    """The denoiser behind an :class:`EDMField`, whose steps are taken on its outputs directly; else None."""
+    return field.denoiser if isinstance(field, EDMField) else None
+
+
+def _check_sigma(sigma: float) -> None:
+    if sigma == 0:
+        raise ValueError("edm_field: the EDM field (x - D(x, sigma)) / sigma is undefined at sigma = 0 "
+                         "(sample_ode with euler_at_zero=True never evaluates it there)")
+
+
 def euler_step(field: Field, x: torch.Tensor, t: float, t_next: float, *, backend: str = "auto") -> torch.Tensor:
     """``x + h f(x, t)`` with ``h = t_next - t`` (first order)."""
+    denoiser = _denoiser(field)
+    if denoiser is not None:  # x + h (x - D) / sigma
+        _check_sigma(t)
+        r = (t_next - t) / t
+        return lincomb((x, denoiser(x, t)), (1.0 + r, -r), backend=backend)
     return lincomb((x, field(x, t)), (1.0, t_next - t), backend=backend)
 
 
 def heun_step(field: Field, x: torch.Tensor, t: float, t_next: float, *, backend: str = "auto") -> torch.Tensor:
     """Heun's method (explicit trapezoid, second order): two field calls, two passes."""
     h = t_next - t
+    denoiser = _denoiser(field)
+    if denoiser is not None:  # k-diffusion's sample_heun, with d = (x - D) / sigma folded into the updates
+        _check_sigma(t)
+        _check_sigma(t_next)
+        d0 = denoiser(x, t)
+        x_pred = lincomb((x, d0), (1.0 + h / t, -h / t), backend=backend)
+        d1 = denoiser(x_pred, t_next)
+        a, b = 0.5 * h / t, 0.5 * h / t_next
+        return lincomb((x, d0, x_pred, d1), (1.0 + a, -a, b, -b), backend=backend)
     d = field(x, t)
     x_pred = lincomb((x, d), (1.0, h), backend=backend)
     d_pred = field(x_pred, t_next)
@@ -41,8 +69,15 @@ def heun_step(field: Field, x: torch.Tensor, t: float, t_next: float, *, backend
 def midpoint_step(field: Field, x: torch.Tensor, t: float, t_next: float, *, backend: str = "auto") -> torch.Tensor:
     """The explicit midpoint method (second order): two field calls, two passes."""
     h = t_next - t
+    t_mid = t + 0.5 * h
+    denoiser = _denoiser(field)
+    if denoiser is not None:
+        _check_sigma(t)
+        _check_sigma(t_mid)
+        x_mid = lincomb((x, denoiser(x, t)), (1.0 + 0.5 * h / t, -0.5 * h / t), backend=backend)
+        return lincomb((x, x_mid, denoiser(x_mid, t_mid)), (1.0, h / t_mid, -h / t_mid), backend=backend)
     x_mid = lincomb((x, field(x, t)), (1.0, 0.5 * h), backend=backend)
-    return lincomb((x, field(x_mid, t + 0.5 * h)), (1.0, h), backend=backend)
+    return lincomb((x, field(x_mid, t_mid)), (1.0, h), backend=backend)
 
 
 def rk4_step(field: Field, x: torch.Tensor, t: float, t_next: float, *, backend: str = "auto") -> torch.Tensor:
@@ -73,10 +108,29 @@ def dpmpp_2m_step(field: Field, x: torch.Tensor, sigma: float, sigma_next: float
 
         x_next = (sigma_next / sigma) x - expm1(-h) ((1 + 1/(2r)) D - 1/(2r) D_prev)
 
-    is one lincomb of ``x``, ``d`` and the previous step's ``x`` and ``d`` (so ``D`` is never
-    stored). The first step (``previous=None``) and a step to ``sigma_next = 0`` are
-    first order (the latter returns ``D``). Pass the returned ``history`` to the next step.
+    is one lincomb: of ``x``, ``D`` and ``D_prev`` for an :class:`EDMField`, else of ``x``,
+    ``d`` and the previous step's ``x`` and ``d`` (so ``D`` is never stored). The first step
+    (``previous=None``) and a step to ``sigma_next = 0`` are first order (the latter returns
+    ``D``). Pass the returned ``history`` (opaque) to the next step.
     """
+    _check_sigma(sigma)
+    denoiser = _denoiser(field)
+    if sigma_next != 0.0:
+        h = math.log(sigma / sigma_next)
+        ratio = sigma_next / sigma  # exp(-h)
+        w = -math.expm1(-h)  # 1 - exp(-h)
+    if denoiser is not None:
+        d = denoiser(x, sigma)
+        if sigma_next == 0.0:
+            x_next = lincomb((d,), (1.0,), backend=backend)
+        elif previous is None:
+            x_next = lincomb((x, d), (ratio, w), backend=backend)
+        else:
+            d_prev, sigma_prev = previous
+            r = math.log(sigma_prev / sigma) / h
+            a, b = 1.0 + 0.5 / r, 0.5 / r  # D_d = a D - b D_prev
+            x_next = lincomb((x, d, d_prev), (ratio, w * a, -w * b), backend=backend)
+        return x_next, (d, sigma)
     d = field(x, sigma)
     if sigma_next == 0.0:
         x_next = lincomb((x, d), (1.0, -sigma), backend=backend)
@@ -84,11 +138,8 @@ def dpmpp_2m_step(field: Field, x: torch.Tensor, sigma: float, sigma_next: float
         x_next = lincomb((x, d), (1.0, sigma_next - sigma), backend=backend)  # = DDIM = Euler in sigma
     else:
         x_prev, d_prev, sigma_prev = previous
-        h = math.log(sigma / sigma_next)
         r = math.log(sigma_prev / sigma) / h
-        ratio = sigma_next / sigma  # exp(-h)
-        w = -math.expm1(-h)  # 1 - exp(-h)
-        a, b = 1.0 + 0.5 / r, 0.5 / r  # D_d = a D - b D_prev
+        a, b = 1.0 + 0.5 / r, 0.5 / r
         x_next = lincomb(
             (x, d, x_prev, d_prev), (ratio + w * a, -w * a * sigma, -w * b, w * b * sigma_prev), backend=backend
         )

@@ -16,7 +16,7 @@ import torch
 
 from pyprobtf.ops import lincomb
 from pyprobtf.solvers import _common
-from pyprobtf.solvers.predictions import PREDICTIONS
+from pyprobtf.solvers.predictions import PREDICTIONS, EDMField
 
 SDE_METHODS = ("euler_maruyama",)
 
@@ -125,6 +125,10 @@ def euler_ancestral_step(field: Callable, x: torch.Tensor, sigma: float, sigma_n
     :func:`~pyprobtf.solvers.edm_field`); as k-diffusion's ``sample_euler_ancestral``.
     """
     down, up = ancestral_sigmas(sigma, sigma_next, eta)
+    if isinstance(field, EDMField):  # x + (down - sigma) (x - D) / sigma, on the denoiser's output
+        r = (down - sigma) / sigma
+        return lincomb((x, field.denoiser(x, sigma)), (1.0 + r, -r), noise_std=s_noise * up, seed=seed,
+                       offset=offset, backend=backend)
     return lincomb((x, field(x, sigma)), (1.0, down - sigma), noise_std=s_noise * up, seed=seed, offset=offset,
                    backend=backend)
 
