@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "pyprobtf/affine_coupling.h"
+#include "pyprobtf/cpu_random.h"
 #include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
 
@@ -86,4 +87,15 @@ PYBIND11_MODULE(_C, m) {
       py::arg("dtype"), py::arg("noise"), py::arg("noise_std"), py::arg("noise_std_rows"), py::arg("seed"),
       py::arg("seed_rows"), py::arg("offset"), py::arg("num_threads"),
       "out = sum_k coeffs[k] * inputs[k] + noise_std * eps (Philox normals drawn in the kernel).");
+
+  m.def(
+      "philox_words",
+      [](int isa, int64_t seed, int64_t counter, int64_t n, uintptr_t w0, uintptr_t w1) {
+        py::gil_scoped_release release;
+        return ptf::cpu::philox_words_isa(static_cast<ptf::cpu::PhiloxIsa>(isa), static_cast<uint64_t>(seed),
+                                          static_cast<uint64_t>(counter), n, reinterpret_cast<uint32_t*>(w0),
+                                          reinterpret_cast<uint32_t*>(w1));
+      },
+      "Philox words 0 and 1 of counters counter .. counter + n - 1 with a chosen implementation (0 auto, "
+      "1 portable, 2 AVX2, 3 AVX-512); False when this CPU lacks it (testing).");
 }

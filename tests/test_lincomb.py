@@ -237,6 +237,24 @@ def test_gpu_noise_known_answers(backend, per_row):
     torch.testing.assert_close(got, want, rtol=0, atol=NOISE_ATOL)
 
 
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+def test_cpp_simd_philox_words_are_exact(isa):
+    # The C++ backend draws runs of consecutive counters with explicit AVX-512/AVX2 code
+    # (csrc/cpu/philox_simd.cpp): every implementation gives exactly the reference's words,
+    # including the tails and counters whose low word wraps.
+    module = _backends.cpp_module()
+    code = {"portable": 1, "avx2": 2, "avx512": 3}[isa]
+    n = 1003
+    for seed, counter in [(0, 0), (-1, 2**32 - 37), (2**62 + 12345, 2**63 - 100), (42, 2**40 + 3)]:
+        w0 = torch.empty(n, dtype=torch.int32)
+        w1 = torch.empty(n, dtype=torch.int32)
+        if not module.philox_words(code, seed, counter, n, w0.data_ptr(), w1.data_ptr()):
+            pytest.skip(f"this CPU has no {isa}")
+        want = philox.philox4x32_10(torch.tensor(seed), counter + torch.arange(n))
+        assert torch.equal(w0.long() & 0xFFFFFFFF, want[0])
+        assert torch.equal(w1.long() & 0xFFFFFFFF, want[1])
+
+
 def test_cpp_noise_equals_reference_over_many_counters():
     # Every uniform bucket, including u0 clamped at 1e-7 and all cosine quadrants.
     n = 1 << 18

@@ -11,8 +11,8 @@
 namespace ptf {
 namespace {
 
-// Columns per noise chunk: the normals of a chunk are drawn in one SIMD loop
-// into a stack buffer that stays in L1, then combined in a second one.
+// Columns per noise chunk: the chunk's Philox words go to stack buffers that
+// stay in L1, then one SIMD loop turns them into normals and combines.
 constexpr int64_t kChunk = 512;
 
 template <typename T, int N, bool CONTIG>
@@ -51,10 +51,16 @@ PTF_MULTIVERSION void noise_of_rows(const LincombArgs& a, int64_t r0, int64_t r1
   if (!a.seed_rows.data) {
     // One seed: the counters of consecutive rows are consecutive.
     const uint64_t counter = lincomb_row<float>(a, r0).counter0;
+    uint32_t w0[kChunk], w1[kChunk];
+    for (int64_t start = 0; start < n; start += kChunk) {
+      const int64_t m = start + kChunk < n ? kChunk : n - start;
+      cpu::philox_words(a.seed, counter + static_cast<uint64_t>(start), m, w0, w1);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) eps[j] = cpu::randn(a.seed, counter + static_cast<uint64_t>(j));
+      for (int64_t j = 0; j < m; ++j) eps[start + j] = cpu::normal_from_words(w0[j], w1[j]);
+    }
     return;
   }
+  // Per-row seeds: a (seed, counter) key per element, drawn by the vectorised portable rounds.
   uint64_t seeds[kChunk], counters[kChunk];
   int64_t r = r0, c = 0;
   for (int64_t start = 0; start < n; start += kChunk) {
@@ -92,21 +98,26 @@ PTF_MULTIVERSION void lincomb_tile(const LincombArgs& a, int64_t r0, int64_t r1,
       const C std = row.noise_std;
       for (int64_t start = c0; start < c1; start += kChunk) {
         const int64_t stop = start + kChunk < c1 ? start + kChunk : c1;
-        float chunk_eps[kChunk];
-        const float* eps = chunk_eps - start;  // eps[c] for c in [start, stop)
         if (short_rows) {
-          eps = tile_eps + (r - r0) * a.cols;
-        } else {
-          const uint64_t counter = row.counter0 + static_cast<uint64_t>(start);
+          const float* eps = tile_eps + (r - r0) * a.cols;
 #pragma omp simd
-          for (int64_t j = 0; j < stop - start; ++j) {
-            chunk_eps[j] = cpu::randn(row.seed, counter + static_cast<uint64_t>(j));
+          for (int64_t c = start; c < stop; ++c) {
+            const C sum = weighted_sum<T, N, CONTIG>(p.in, p.stride, coeff, c);
+            p.out[c * p.out_stride] = cpu::store<T>(sum + std * static_cast<C>(eps[c]));
           }
+          continue;
         }
+        // Philox words of the chunk's consecutive counters (explicit SIMD), then one
+        // vectorised loop: Box-Muller and the combination.
+        uint32_t words0[kChunk], words1[kChunk];
+        cpu::philox_words(row.seed, row.counter0 + static_cast<uint64_t>(start), stop - start, words0, words1);
+        const uint32_t* w0 = words0 - start;  // w0[c] for c in [start, stop)
+        const uint32_t* w1 = words1 - start;
 #pragma omp simd
         for (int64_t c = start; c < stop; ++c) {
           const C sum = weighted_sum<T, N, CONTIG>(p.in, p.stride, coeff, c);
-          p.out[c * p.out_stride] = cpu::store<T>(sum + std * static_cast<C>(eps[c]));
+          const float eps = cpu::normal_from_words(w0[c], w1[c]);
+          p.out[c * p.out_stride] = cpu::store<T>(sum + std * static_cast<C>(eps));
         }
       }
     }

@@ -3,9 +3,13 @@
 // ptf::randn (philox.h) calls logf and cosf, scalar libm functions that stop
 // GCC from vectorising a loop. cpu::randn below computes the same number
 // (tl.randn: Box-Muller on Philox4x32-10 words 0 and 1) with the branch-free
-// cpu::log of pyprobtf/cpu.h and the cosine below, so a loop over counters
-// becomes SIMD code: the Philox rounds' 32x32->64-bit multiplies turn into
-// vpmuludq. Results agree with tl.randn up to float rounding (a few ulp).
+// log and cosine below, so a loop over counters becomes SIMD code (the Philox
+// rounds' 32x32->64-bit multiplies turn into vpmuludq). Results agree with
+// tl.randn up to float rounding (a few ulp).
+//
+// For runs of consecutive counters, philox_words (csrc/cpu/philox_simd.cpp)
+// computes the words with explicit AVX-512/AVX2 code, about 3x faster than
+// GCC's vectorisation of the portable rounds; normal_from_words finishes them.
 #pragma once
 
 #include <cmath>
@@ -66,14 +70,28 @@ PTF_HD float log_positive(float u) {
   return ef * 0.693145751953125f + (f * p + ef * 1.428606765330187045e-06f);
 }
 
+// tl.randn's Box-Muller transform of Philox words 0 and 1, vectorisable.
+// (Written with a ternary clamp: std::fmax here stops GCC 12 from vectorising.)
+PTF_HD float normal_from_words(uint32_t w0, uint32_t w1) {
+  float u0 = uniform_float(w0);
+  u0 = u0 < 1.0e-7f ? 1.0e-7f : u0;
+  const float theta = 6.283185307179586f * uniform_float(w1);
+  return std::sqrt(-2.0f * log_positive(u0)) * cos_0_2pi(theta);
+}
+
 // tl.randn(seed, counter), vectorisable.
 PTF_HD float randn(uint64_t seed, uint64_t counter) {
   const PhiloxWords w = philox4x32_10(seed, counter);
-  float u0 = uniform_float(w.w0);
-  u0 = u0 < 1.0e-7f ? 1.0e-7f : u0;
-  const float theta = 6.283185307179586f * uniform_float(w.w1);
-  return std::sqrt(-2.0f * log_positive(u0)) * cos_0_2pi(theta);
+  return normal_from_words(w.w0, w.w1);
 }
+
+// Words 0 and 1 of philox4x32_10(seed, counter + j) into w0[j], w1[j] for j in [0, n),
+// with the fastest instruction set this CPU has (csrc/cpu/philox_simd.cpp).
+void philox_words(uint64_t seed, uint64_t counter, int64_t n, uint32_t* w0, uint32_t* w1);
+
+// The same with a chosen implementation (for tests); false when this CPU lacks it.
+enum class PhiloxIsa : int { Auto = 0, Generic = 1, Avx2 = 2, Avx512 = 3 };
+bool philox_words_isa(PhiloxIsa isa, uint64_t seed, uint64_t counter, int64_t n, uint32_t* w0, uint32_t* w1);
 
 }  // namespace cpu
 }  // namespace ptf
