@@ -24,91 +24,22 @@ from pyprobtf.ops import BackendUnavailableError, _backends, available_backends,
 from pyprobtf.ops._backends import triton_interpreting
 from pyprobtf.reference import philox
 from pyprobtf.reference.lincomb import noise as reference_noise
-from pyprobtf.testing import DTYPES, LAYOUTS, assert_close, batch_shapes, make_tensor, tolerance
+from pyprobtf.testing import DTYPES, LAYOUTS, batch_shapes, make_tensor
+from pyprobtf.testing.ops import LINCOMB_NOISE_ATOL as NOISE_ATOL
+from pyprobtf.testing.ops import check_lincomb
 
 CPU_BACKENDS = ["reference", "cpp"]
 GPU_BACKENDS = ["reference", "cuda", "triton"]
 TRITON_EXAMPLES = int(os.environ.get("PYPROBTF_TRITON_EXAMPLES", "25"))
-NUMBER_COEFFS = (1.0, -0.75, 2.5, -0.125)
 
 KAT = json.loads((Path(__file__).resolve().parent / "data" / "philox_kat.json").read_text())["vectors"]
-# Box-Muller in float32 on different log/cos implementations: equal up to their rounding
-# (|eps| < 5.7, a few ulp of the radius and of the cosine).
-NOISE_ATOL = 2e-6
 
 
 def triton_device() -> str:
     return "cpu" if triton_interpreting() else "cuda"
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def _coeff_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _case_inputs(dtype, shape, n, layouts, coeff_tensors, noise, seed_kind, seed, device, ex_seed):
-    tensors = [make_tensor(shape, dtype, layouts[k], seed=ex_seed + k, device=device) for k in range(n)]
-    batch = shape[0]
-    coeffs = [
-        make_tensor((batch,), _coeff_dtype(dtype), seed=ex_seed + 10 + k, device=device) if coeff_tensors[k]
-        else NUMBER_COEFFS[k]
-        for k in range(n)
-    ]
-    if noise == "none":
-        noise_std = 0.0
-    elif noise == "number":
-        noise_std = 0.7
-    else:
-        noise_std = make_tensor((batch,), _coeff_dtype(dtype), seed=ex_seed + 20, low=0.0, high=1.5, device=device)
-    if seed_kind == "tensor":
-        gen = torch.Generator().manual_seed(ex_seed)
-        seed = torch.randint(-(2**62), 2**62, (batch,), generator=gen, dtype=torch.int64).to(device)
-    return tensors, coeffs, noise_std, seed
-
-
-def _expected(tensors, coeffs, noise_std, seed, offset):
-    """The float64 reference and the scale of the terms it adds (rounding errors scale with those)."""
-    t64 = [t.double().cpu() for t in tensors]
-    c64 = [c.double().cpu() if isinstance(c, torch.Tensor) else c for c in coeffs]
-    shape = t64[0].shape
-    rows = (shape[0],) + (1,) * (len(shape) - 1)
-    per_row = (lambda c: c.reshape(rows) if isinstance(c, torch.Tensor) else c)
-    s64 = noise_std.double().cpu() if isinstance(noise_std, torch.Tensor) else noise_std
-    seed_cpu = seed.cpu() if isinstance(seed, torch.Tensor) else seed
-    noisy = isinstance(noise_std, torch.Tensor) or noise_std != 0
-    want = reference.lincomb(t64, c64, s64, seed_cpu if noisy else None, offset)
-    scale = sum((per_row(c) * t).abs() for c, t in zip(c64, t64))
-    if noisy:
-        eps = reference_noise(shape, seed_cpu, offset).double()
-        sigma = per_row(s64).abs() if isinstance(s64, torch.Tensor) else abs(s64)
-        scale = scale + sigma * eps.abs()
-        return want, scale, sigma * NOISE_ATOL
-    return want, scale, 0.0
-
-
-def check_lincomb(backend, device, dtype, shape, n, layouts, coeff_tensors, noise, seed_kind, seed, offset,
-                  out_kind, ex_seed=0):
-    tensors, coeffs, noise_std, seed = _case_inputs(dtype, shape, n, layouts, coeff_tensors, noise, seed_kind, seed,
-                                                    device, ex_seed)
-    want, scale, noise_atol = _expected(tensors, coeffs, noise_std, seed, offset)
-    out = None
-    if out_kind == "alias":
-        out = tensors[0]
-    elif out_kind == "strided":
-        out = make_tensor(shape, dtype, "transposed", seed=99, device=device)
-    got = lincomb(tensors, coeffs, noise_std=noise_std, seed=seed, offset=offset, out=out, backend=backend)
-    if out is not None:
-        assert got is out
-    else:
-        assert got.is_contiguous()
-    assert got.shape == tuple(shape) and got.dtype == dtype and got.device.type == torch.device(device).type
-    rtol, atol = tolerance(dtype)
-    # noise_atol: the float32 noise itself may differ by NOISE_ATOL between backends.
-    assert_close(got, want, rtol=rtol, atol=atol, scale=scale + noise_atol / rtol, what=f"lincomb[{backend}]")
-
-
+# The check itself (check_lincomb) lives in pyprobtf.testing.ops, shared with `pyprobtf check`.
 CASE = {
     "n": st.integers(1, 4),
     "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=4, max_size=4),
