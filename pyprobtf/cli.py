@@ -1,5 +1,7 @@
 """The ``pyprobtf`` command line.
 
+    pyprobtf zoo [--dataset D] [--families A,B] [--steps N] [--seconds S] [--seed S] [--device D] [--out DIR]
+                                                           train, measure and draw every family
     pyprobtf check [OP ...] [--device cpu|cuda|all] [--dtype D]   verify every backend of this install
     pyprobtf bench [NAME ...] [--device D] [--quick] [--out DIR]   run the op benchmarks
 
@@ -30,6 +32,43 @@ def _device_list(device: str) -> list[str]:
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
     return [device]
+
+
+# ----------------------------------------------------------------------------- zoo
+
+
+def cmd_zoo(args) -> int:
+    from pyprobtf import zoo
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    try:
+        families = zoo.check_arguments(args.dataset, families)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    (device,) = _device_list(args.device)
+    out = _writable_dir(Path(args.out))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("drawing zoo.png needs matplotlib: pip install 'pyprobtf[viz]'") from None
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1; got {args.steps}")
+    if args.seconds <= 0:
+        raise UsageError(f"--seconds must be positive; got {args.seconds}")
+    print(f"pyprobtf zoo: {len(families)} families on {args.dataset}, {args.seconds:g} s of training each"
+          + (f" (at most {args.steps} steps)" if args.steps else "") + f", device {device}", flush=True)
+    report = zoo.run_zoo(args.dataset, families=families, steps=args.steps, seconds=args.seconds, seed=args.seed,
+                         device=device, out=out, progress=not args.quiet)
+    print()
+    print(report.table)
+    print()
+    for kind, note in zoo.NLL_NOTES.items():
+        if any(r.nll_kind == kind for r in report.results):
+            print(f"NLL from {kind}: {note}")
+    print("Lower is better for every metric but samples/s; the data row is a second draw of the data itself "
+          "(the floor that sampling noise sets).")
+    print(f"\nwrote {out / 'zoo.png'} and {out / 'results.json'} in {report.seconds:.0f} s")
+    return 0
 
 
 # ----------------------------------------------------------------------------- check
@@ -108,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyprobtf", description="pyprobtf: generative models as probability "
                                      "transformation functions, with fast fused ops.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    zoo = sub.add_parser("zoo", help="train every family on a 2-D dataset, measure them and draw zoo.png")
+    zoo.add_argument("--dataset", default="moons", help="a toy dataset (default: moons)")
+    zoo.add_argument("--families", default=None, help="comma-separated subset (default: the eight main families)")
+    zoo.add_argument("--steps", type=int, default=None, help="at most this many training steps per family")
+    zoo.add_argument("--seconds", type=float, default=14.0, help="training time per family (default: 14)")
+    zoo.add_argument("--seed", type=int, default=0)
+    zoo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    zoo.add_argument("--out", default=".", help="folder for zoo.png and results.json (default: here)")
+    zoo.add_argument("--quiet", action="store_true", help="no progress bars")
+    zoo.set_defaults(run=cmd_zoo)
 
     check = sub.add_parser("check", help="check every available backend of every op against its reference")
     check.add_argument("ops", nargs="*", metavar="OP", help="ops to check (default: all)")
