@@ -9,6 +9,7 @@
 
 #include "pyprobtf/affine_coupling.h"
 #include "pyprobtf/random.h"
+#include "pyprobtf/sampling.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -19,6 +20,16 @@ static ptf::Mat mat(const MatArg& m) {
 }
 static ptf::Vec vec(const VecArg& v) { return ptf::Vec{reinterpret_cast<void*>(std::get<0>(v)), std::get<1>(v)}; }
 static void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+// sample_logits' per-row parameters: (pointer or 0, stride, value used when the pointer is 0).
+using RowParamArg = std::tuple<uintptr_t, int64_t, double>;
+using RowIntParamArg = std::tuple<uintptr_t, int64_t, int64_t>;
+static ptf::sampling::RowParam row_param(const RowParamArg& p) {
+  return {reinterpret_cast<const double*>(std::get<0>(p)), std::get<1>(p), std::get<2>(p)};
+}
+static ptf::sampling::RowIntParam row_int_param(const RowIntParamArg& p) {
+  return {reinterpret_cast<const int64_t*>(std::get<0>(p)), std::get<1>(p), std::get<2>(p)};
+}
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyprobtf CPU kernels (C++17, OpenMP)";
@@ -70,4 +81,22 @@ PYBIND11_MODULE(_C, m) {
                              reinterpret_cast<double*>(uniform));
       },
       "Philox words, tl.randn normals and 53-bit uniforms for int64 seed/counter arrays (testing).");
+
+  m.def(
+      "sample_logits",
+      [](MatArg logits, int64_t rows, int64_t cols, int dtype, RowParamArg temperature, RowIntParamArg top_k,
+         RowParamArg top_p, RowParamArg min_p, VecArg uniform, RowIntParamArg seed, RowIntParamArg offset,
+         uintptr_t tokens, uintptr_t logprobs, uintptr_t status, uintptr_t filtered, int num_threads) {
+        ptf::SampleLogitsArgs a{mat(logits), rows, cols, static_cast<ptf::DType>(dtype), row_param(temperature),
+                                row_param(top_p), row_param(min_p), row_int_param(top_k),
+                                reinterpret_cast<const double*>(std::get<0>(uniform)), std::get<1>(uniform),
+                                row_int_param(seed), row_int_param(offset), reinterpret_cast<int64_t*>(tokens),
+                                ptr(logprobs), reinterpret_cast<int32_t*>(status), ptr(filtered)};
+        py::gil_scoped_release release;
+        ptf::sample_logits_cpu(a, num_threads);
+      },
+      py::arg("logits"), py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("temperature"),
+      py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("uniform"), py::arg("seed"), py::arg("offset"),
+      py::arg("tokens"), py::arg("logprobs"), py::arg("status"), py::arg("filtered"), py::arg("num_threads"),
+      "sample_logits (filtered == 0) or filter_logits (filtered != 0) on CPU; see pyprobtf/ops/sampling.py.");
 }

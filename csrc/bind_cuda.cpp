@@ -14,6 +14,7 @@
 #include "pyprobtf/affine_coupling.h"
 #include "pyprobtf/cuda_runtime_info.h"
 #include "pyprobtf/random.h"
+#include "pyprobtf/sampling.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -28,6 +29,15 @@ static ptf::Mat mat(const MatArg& m) {
 }
 static ptf::Vec vec(const VecArg& v) { return ptf::Vec{reinterpret_cast<void*>(std::get<0>(v)), std::get<1>(v)}; }
 static void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+// sample_logits' per-row parameters: (pointer or 0, stride, value used when the pointer is 0).
+using RowParamArg = std::tuple<uintptr_t, int64_t, double>;
+using RowIntParamArg = std::tuple<uintptr_t, int64_t, int64_t>;
+static ptf::sampling::RowParam row_param(const RowParamArg& p) {
+  return {reinterpret_cast<const double*>(std::get<0>(p)), std::get<1>(p), std::get<2>(p)};
+}
+static ptf::sampling::RowIntParam row_int_param(const RowIntParamArg& p) {
+  return {reinterpret_cast<const int64_t*>(std::get<0>(p)), std::get<1>(p), std::get<2>(p)};
+}
 static void check(const char* error) {
   if (error) throw std::runtime_error(std::string("pyprobtf CUDA kernel failed: ") + error);
 }
@@ -88,4 +98,26 @@ PYBIND11_MODULE(_C_cuda, m) {
                                     reinterpret_cast<double*>(uniform), ptr(stream)));
       },
       "Philox words, tl.randn normals and 53-bit uniforms for int64 seed/counter device arrays (testing).");
+
+  m.def("sample_logits_workspace_bytes", [](int64_t rows, int64_t cols, int dtype) {
+    return ptf::sample_logits_workspace_bytes(rows, cols, static_cast<ptf::DType>(dtype));
+  });
+
+  m.def(
+      "sample_logits",
+      [](MatArg logits, int64_t rows, int64_t cols, int dtype, RowParamArg temperature, RowIntParamArg top_k,
+         RowParamArg top_p, RowParamArg min_p, VecArg uniform, RowIntParamArg seed, RowIntParamArg offset,
+         uintptr_t tokens, uintptr_t logprobs, uintptr_t status, uintptr_t filtered, uintptr_t workspace,
+         uintptr_t stream) {
+        ptf::SampleLogitsArgs a{mat(logits), rows, cols, static_cast<ptf::DType>(dtype), row_param(temperature),
+                                row_param(top_p), row_param(min_p), row_int_param(top_k),
+                                reinterpret_cast<const double*>(std::get<0>(uniform)), std::get<1>(uniform),
+                                row_int_param(seed), row_int_param(offset), reinterpret_cast<int64_t*>(tokens),
+                                ptr(logprobs), reinterpret_cast<int32_t*>(status), ptr(filtered)};
+        check(ptf::sample_logits_cuda(a, ptr(workspace), ptr(stream)));
+      },
+      py::arg("logits"), py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("temperature"),
+      py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("uniform"), py::arg("seed"), py::arg("offset"),
+      py::arg("tokens"), py::arg("logprobs"), py::arg("status"), py::arg("filtered"), py::arg("workspace"),
+      py::arg("stream"), "sample_logits / filter_logits on CUDA (unverified); see pyprobtf/ops/sampling.py.");
 }

@@ -37,6 +37,10 @@ GPU_BACKENDS = ("triton", "cuda")
 GPU_VERIFIED: dict[tuple[str, str], tuple[str, ...]] = {
     ("affine_coupling", "triton"): (),
     ("affine_coupling", "cuda"): (),
+    ("sample_logits", "triton"): (),
+    ("sample_logits", "cuda"): (),
+    ("filter_logits", "triton"): (),
+    ("filter_logits", "cuda"): (),
 }
 
 # op -> device type -> backends in order of measured speed (fastest first).

@@ -6,5 +6,6 @@ and every other backend is tested against them.
 """
 
 from pyprobtf.reference.affine_coupling import affine_coupling, affine_coupling_backward
+from pyprobtf.reference.sampling import filter_logits, sample_logits
 
-__all__ = ["affine_coupling", "affine_coupling_backward"]
+__all__ = ["affine_coupling", "affine_coupling_backward", "filter_logits", "sample_logits"]
