@@ -79,8 +79,8 @@ def _tensor_param(op: str, name: str, value: torch.Tensor, logits: torch.Tensor,
     """A (B,) tensor on the logits' device, converted to ``dtype`` (values are checked by the kernels)."""
     rows = logits.shape[0]
     if value.shape != (rows,):
-        raise ValueError(f"{op}: `{name}` must be a number or a tensor of shape (B,) = ({rows},); "
-                         f"got shape {tuple(value.shape)}")
+        what = "a tensor" if name == "uniform" else "a number or a tensor"
+        raise ValueError(f"{op}: `{name}` must be {what} of shape (B,) = ({rows},); got shape {tuple(value.shape)}")
     if value.device != logits.device:
         raise ValueError(f"{op}: `{name}` must be on the device of `logits`, {logits.device}; got {value.device}")
     if dtype == torch.int64 and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
@@ -243,7 +243,7 @@ def _filter(logits, params, backend):
     name = _backends.resolve(FILTER, backend, logits.device.type)
     if name == "reference":
         _raise_for_status(FILTER, _reference_status(logits, params, None).cpu(), params)
-        return reference.filter_logits(logits, *(_ref_value(params[k]) for k in _PARAM_NAMES))
+        return reference.filter_logits(logits, *(_ref_value(params[k]) for k in _PARAM_NAMES)).contiguous()
     rows, cols = logits.shape
     filtered = torch.empty(rows, cols, dtype=logits.dtype, device=logits.device)
     status = torch.empty(rows, dtype=torch.int32, device=logits.device)
