@@ -40,6 +40,9 @@ constexpr int64_t kChunk = 16384;  // columns per chunk: the cut of a row
 constexpr int64_t kBlock = 64;     // columns per block: block maxima and block masses
 constexpr int64_t kSmallK = 1024;  // rows with top_k up to this take the candidate path
 constexpr int kDigitBits = 11;     // radix digit: 2048 bins
+// A column costs well under a nanosecond here (one vectorised pass for most rows),
+// so a parallel region pays off only past kCheapWork times cpu::kMinParallelWork columns.
+constexpr int64_t kCheapWork = 8;
 constexpr int64_t kBins = int64_t{1} << kDigitBits;
 
 template <typename C> using KeyOf = std::conditional_t<std::is_same<C, double>::value, uint64_t, uint32_t>;
@@ -350,7 +353,7 @@ template <typename T, bool CONTIG> struct RowSampler {
       f(chunk, c0, std::min(c0 + kChunk, ctx.cols));
     };
     if (parallel) {
-      cpu::parallel_for(n_chunks, n_chunks * kChunk, num_threads, body);
+      cpu::parallel_for(n_chunks, n_chunks * kChunk / kCheapWork, num_threads, body);
     } else {
       for (int64_t chunk = 0; chunk < n_chunks; ++chunk) body(chunk);
     }
@@ -684,7 +687,7 @@ void sample_impl(const SampleLogitsArgs& a, int num_threads) {
   using C = typename compute_type<T>::type;
   const int64_t n_chunks = (a.cols + kChunk - 1) / kChunk;
   if (a.rows >= num_threads || n_chunks == 1 || num_threads <= 1) {
-    cpu::parallel_for(a.rows, a.rows * a.cols, num_threads, [&](int64_t r) {
+    cpu::parallel_for(a.rows, a.rows * a.cols / kCheapWork, num_threads, [&](int64_t r) {
       static thread_local RowWork<C> work;
       RowSampler<T, CONTIG>{a, work, false, 1}.run(r);
     });
