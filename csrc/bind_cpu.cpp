@@ -92,11 +92,17 @@ PYBIND11_MODULE(_C, m) {
                                 reinterpret_cast<const double*>(std::get<0>(uniform)), std::get<1>(uniform),
                                 row_int_param(seed), row_int_param(offset), reinterpret_cast<int64_t*>(tokens),
                                 ptr(logprobs), reinterpret_cast<int32_t*>(status), ptr(filtered)};
-        py::gil_scoped_release release;
-        ptf::sample_logits_cpu(a, num_threads);
+        int64_t bad_rows = 0;
+        {
+          py::gil_scoped_release release;
+          ptf::sample_logits_cpu(a, num_threads);
+          for (int64_t r = 0; r < rows; ++r) bad_rows += a.status[r] != 0;
+        }
+        return bad_rows;
       },
       py::arg("logits"), py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("temperature"),
       py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("uniform"), py::arg("seed"), py::arg("offset"),
       py::arg("tokens"), py::arg("logprobs"), py::arg("status"), py::arg("filtered"), py::arg("num_threads"),
-      "sample_logits (filtered == 0) or filter_logits (filtered != 0) on CPU; see pyprobtf/ops/sampling.py.");
+      "sample_logits (filtered == 0) or filter_logits (filtered != 0) on CPU; returns the number of rows whose "
+      "status is not OK. See pyprobtf/ops/sampling.py.");
 }

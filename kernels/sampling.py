@@ -360,7 +360,7 @@ def _row_tensor(param, dtype, device):
     """(tensor, stride): a per-row tensor, or one number as a 1-element tensor read with stride 0."""
     tensor, number = param
     if tensor is None:
-        return torch.tensor([number], dtype=dtype, device=device), 0
+        return torch.full((1,), number, dtype=dtype, device=device), 0  # a fill, not a copy: CUDA-graph safe
     return tensor, tensor.stride(0)
 
 

@@ -186,12 +186,15 @@ def _native_params(params: dict):
     return out
 
 
-def _launch(name: str, logits, params, uniform, seed, offset, tokens, logprobs, status, filtered):
-    """Run backend ``name`` (cpp, cuda or triton); every output is preallocated."""
+def _launch(name: str, logits, params, uniform, seed, offset, tokens, logprobs, status, filtered) -> bool:
+    """Run backend ``name`` (cpp, cuda or triton); every output is preallocated.
+
+    Returns False when the backend already knows that every row's status is OK.
+    """
     if name == "triton":
         _backends.triton_kernels().sampling.run(
             logits, params, uniform, seed, offset, tokens, logprobs, status, filtered)
-        return
+        return True
     p = _native_params(params)
     uniform_arg = (uniform.data_ptr(), uniform.stride(0)) if uniform is not None else (0, 0)
     seed_arg = (seed[0].data_ptr(), seed[0].stride(0), 0) if seed[0] is not None else (0, 0, seed[1])
@@ -203,13 +206,14 @@ def _launch(name: str, logits, params, uniform, seed, offset, tokens, logprobs, 
         status.data_ptr(), 0 if filtered is None else filtered.data_ptr(),
     )
     if name == "cpp":
-        _backends.cpp_module().sample_logits(*common, _native.num_threads())
+        return _backends.cpp_module().sample_logits(*common, _native.num_threads()) > 0
     else:
         module = _backends.cuda_module()
         nbytes = module.sample_logits_workspace_bytes(logits.shape[0], logits.shape[1],
                                                       _native.DTYPE_CODES[logits.dtype])
         workspace = torch.empty(nbytes, dtype=torch.uint8, device=logits.device)
         module.sample_logits(*common, workspace.data_ptr(), _native.cuda_stream(logits))
+        return True
 
 
 def _params_dict(temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p) -> dict:
@@ -234,8 +238,8 @@ def _sample(logits, params, uniform, seed, offset, backend):
     tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
     logprobs = torch.empty(rows, dtype=compute_dtype(logits.dtype), device=logits.device)
     status = torch.empty(rows, dtype=torch.int32, device=logits.device)
-    _launch(name, logits, params, uniform, seed, offset, tokens, logprobs, status, None)
-    _check_status(SAMPLE, status, params | {"uniform": (uniform, 0)})
+    if _launch(name, logits, params, uniform, seed, offset, tokens, logprobs, status, None):
+        _check_status(SAMPLE, status, params | {"uniform": (uniform, 0)})
     return tokens, logprobs
 
 
@@ -247,8 +251,8 @@ def _filter(logits, params, backend):
     rows, cols = logits.shape
     filtered = torch.empty(rows, cols, dtype=logits.dtype, device=logits.device)
     status = torch.empty(rows, dtype=torch.int32, device=logits.device)
-    _launch(name, logits, params, None, (None, 0), (None, 0), None, None, status, filtered)
-    _check_status(FILTER, status, params)
+    if _launch(name, logits, params, None, (None, 0), (None, 0), None, None, status, filtered):
+        _check_status(FILTER, status, params)
     return filtered
 
 

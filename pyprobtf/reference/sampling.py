@@ -23,7 +23,7 @@ with the float computation every backend follows:
 Backends agree with this exactly except where rounding legitimately differs:
 ``exp`` differs by an ulp or two between implementations and float64 sums
 differ in their last bits with the order of summation, so a token can differ
-only when ``top_p * sum_K pi`` is within about ``1e-6`` (relative, float32) of
+only when ``top_p * sum_K pi`` is within a few ``1e-6`` (relative, float32) of
 the mass above a tie group, when an ``e_i`` is within an ulp of ``min_p``, or
 when ``u * sum_A pi`` is within rounding of a cumulative sum.
 """
