@@ -53,7 +53,7 @@ def kept_set(
     top_p=1.0,
     min_p=0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(keep, scaled, greedy)`` for (B, V) logits without NaN, +inf or all -inf rows.
+    """``(keep, scaled, greedy)`` for (B, V) logits (V >= 1) without NaN, +inf or all -inf rows.
 
     ``keep`` is the (B, V) boolean set ``A``; ``scaled`` is ``(l - max l) / T``
     in the compute dtype (``log e``); ``greedy`` marks the rows with ``T == 0``,
@@ -69,7 +69,7 @@ def kept_set(
     min_p = _row_param(min_p, rows, torch.float64, device)
 
     greedy = temperature == 0
-    m = x.amax(dim=1, keepdim=True) if cols else x.new_zeros(rows, 1)
+    m = x.amax(dim=1, keepdim=True)
     scaled = (x - m) / torch.where(greedy, 1.0, temperature).unsqueeze(1)
     e = torch.exp(scaled).to(torch.float64)
 
@@ -78,7 +78,7 @@ def kept_set(
 
     # 3. top-k: keep l_i >= the k-th largest logit (every token tied with it).
     k_active = (top_k > 0) & (top_k < cols)
-    kth = sorted_x.gather(1, (top_k.clamp(1, max(cols, 1)) - 1).unsqueeze(1))
+    kth = sorted_x.gather(1, (top_k.clamp(1, cols) - 1).unsqueeze(1))
     in_k = (x >= kth) | ~k_active.unsqueeze(1)
 
     # 4. top-p over K: keep i when the mass of K strictly above l_i is < top_p * sum_K pi.
@@ -91,7 +91,7 @@ def kept_set(
     positions = torch.arange(cols, device=device).expand(rows, cols)
     group_start = torch.cummax(torch.where(new_group, positions, 0), dim=1).values
     mass_above = mass_before.gather(1, group_start)
-    total_k = cum[:, -1:] if cols else cum.new_zeros(rows, 1)
+    total_k = cum[:, -1:]
     keep_sorted = (mass_above < top_p.unsqueeze(1) * total_k) | (top_p >= 1).unsqueeze(1)
     in_p = torch.empty_like(keep_sorted).scatter_(1, order, keep_sorted)
 
@@ -99,10 +99,9 @@ def kept_set(
     in_min_p = (e >= min_p.unsqueeze(1)) | (min_p <= 0).unsqueeze(1)
 
     keep = in_k & in_p & in_min_p
-    argmax = x.argmax(dim=1, keepdim=True) if cols else None  # the first maximal index
-    if cols:
-        one_hot = torch.zeros_like(keep).scatter_(1, argmax, True)
-        keep = torch.where(greedy.unsqueeze(1), one_hot, keep)
+    # Greedy rows keep the first maximal index alone.
+    one_hot = torch.zeros_like(keep).scatter_(1, x.argmax(dim=1, keepdim=True), True)
+    keep = torch.where(greedy.unsqueeze(1), one_hot, keep)
     return keep, scaled, greedy
 
 
