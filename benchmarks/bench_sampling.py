@@ -17,12 +17,13 @@ one token per row:
 Logits look like a language model's: a few tokens far above a Gaussian body.
 "effective GB/s" is the bytes of logits read once, over the time.
 
-Usage: python benchmarks/bench_sampling.py [--device cpu|cuda] [--quick] [--out DIR]
+Usage: python benchmarks/bench_sampling.py [--device cpu|cuda] [--quick] [--out DIR] [--threads 1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -159,8 +160,26 @@ def _cases(device: str, quick: bool):
     return [(b, v, p) for b, v in shapes for p in PARAMS]
 
 
-def run(device: str = "cpu", quick: bool = False):
-    """(rows, columns, notes) of the benchmark on ``device``."""
+def run(device: str = "cpu", quick: bool = False, threads=(None,)):
+    """(rows, columns, notes) of the benchmark on ``device``, once per CPU thread count in ``threads``
+    (None: torch's current setting)."""
+    default = torch.get_num_threads()
+    rows_out, notes = [], []
+    try:
+        for n in threads:
+            torch.set_num_threads(n or default)
+            rows, notes = _run(device, quick)
+            rows_out += [{"threads": torch.get_num_threads(), **row} for row in rows]
+    finally:
+        torch.set_num_threads(default)
+    if os.environ.get("OMP_WAIT_POLICY"):
+        notes.append(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (OpenMP threads sleep instead of spinning "
+                     "while they wait: on a machine whose cores are shared, spinning workers make every parallel "
+                     "region, torch's and pyprobtf's, wait for a scheduler time slice).")
+    return rows_out, ["threads"] + COLUMNS, notes
+
+
+def _run(device: str, quick: bool):
     statuses = pyprobtf.ops.available_backends()
     backends = [b for b in ("cpp", "triton", "cuda") if device in statuses[b].devices]
     if device == "cpu" and "triton" in backends:
@@ -203,7 +222,7 @@ def run(device: str = "cpu", quick: bool = False):
              "with torch's generator."]
     if flashinfer_missing:
         notes.append("flashinfer could not be imported on this machine: its column is absent.")
-    return rows_out, COLUMNS, notes
+    return rows_out, notes
 
 
 COLUMNS = ["shape", "params", "impl", "ms", "speedup vs hf-chain", "effective GB/s"]
@@ -214,9 +233,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="two small cases, short timings (a smoke run)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--threads", default="", help="comma-separated CPU thread counts to run with, e.g. 1,2 "
+                        "(default: torch's current setting)")
     args = parser.parse_args(argv)
+    threads = tuple(int(n) for n in args.threads.split(",") if n) or (None,)
     pinned = _common.pin_allocator()
-    rows, columns, notes = run(args.device, args.quick)
+    rows, columns, notes = run(args.device, args.quick, threads)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
     info = _common.machine(args.device)
