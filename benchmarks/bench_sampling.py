@@ -164,6 +164,7 @@ def run(device: str = "cpu", quick: bool = False, threads=(None,)):
     """(rows, columns, notes) of the benchmark on ``device``, once per CPU thread count in ``threads``
     (None: torch's current setting)."""
     default = torch.get_num_threads()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows_out, notes = [], []
     try:
         for n in threads:
@@ -172,6 +173,10 @@ def run(device: str = "cpu", quick: bool = False, threads=(None,)):
             rows_out += [{"threads": torch.get_num_threads(), **row} for row in rows]
     finally:
         torch.set_num_threads(default)
+    if load_before is not None:
+        notes.append(f"1-minute load average {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after it "
+                     f"({os.cpu_count()} cores): above the core count, other jobs shared the machine and every "
+                     "time is inflated, the contenders' alike.")
     if os.environ.get("OMP_WAIT_POLICY"):
         notes.append(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (OpenMP threads sleep instead of spinning "
                      "while they wait: on a machine whose cores are shared, spinning workers make every parallel "

@@ -48,18 +48,23 @@ _RULES = {
     "min_p": "must be in [0, 1)",
     "uniform": "must be in [0, 1)",
 }
+_PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p")
 _PARAM_OF_STATUS = {BAD_TEMPERATURE: "temperature", BAD_TOP_K: "top_k", BAD_TOP_P: "top_p", BAD_MIN_P: "min_p",
                     BAD_UNIFORM: "uniform"}
 
 
-def _in_range(name: str, v) -> bool:
+def _in_range(name: str, v):
+    """Whether ``v`` (a number, or elementwise a tensor) is in the domain of parameter ``name``."""
     if name == "temperature":
-        return math.isfinite(v) and v >= 0
+        return (v >= 0) & (v <= _FLOAT64_MAX)  # NaN and inf fail
     if name == "top_k":
         return v >= 0
     if name == "top_p":
-        return 0 < v <= 1
-    return 0 <= v < 1  # min_p, uniform
+        return (v > 0) & (v <= 1)
+    return (v >= 0) & (v < 1)  # min_p, uniform
+
+
+_FLOAT64_MAX = 1.7976931348623157e308
 
 
 # ----------------------------------------------------------------------------- argument normalisation
@@ -149,11 +154,11 @@ def _reference_status(logits, params, uniform) -> torch.Tensor:
     status = torch.zeros(rows, dtype=torch.int32, device=logits.device)
     x = logits.to(compute_dtype(logits.dtype))
     checks = [
-        (BAD_TEMPERATURE, ~_in_range_t("temperature", params["temperature"], rows, x.device)),
-        (BAD_TOP_K, ~_in_range_t("top_k", params["top_k"], rows, x.device)),
-        (BAD_TOP_P, ~_in_range_t("top_p", params["top_p"], rows, x.device)),
-        (BAD_MIN_P, ~_in_range_t("min_p", params["min_p"], rows, x.device)),
-        (BAD_UNIFORM, ~_in_range_t("uniform", (uniform, 0.0), rows, x.device)),
+        (BAD_TEMPERATURE, ~_rows_in_range("temperature", params["temperature"], rows, x.device)),
+        (BAD_TOP_K, ~_rows_in_range("top_k", params["top_k"], rows, x.device)),
+        (BAD_TOP_P, ~_rows_in_range("top_p", params["top_p"], rows, x.device)),
+        (BAD_MIN_P, ~_rows_in_range("min_p", params["min_p"], rows, x.device)),
+        (BAD_UNIFORM, ~_rows_in_range("uniform", (uniform, 0.0), rows, x.device)),
         (NAN_LOGIT, x.isnan().any(dim=1)),
         (POS_INF_LOGIT, (x == math.inf).any(dim=1)),
         (ALL_NEG_INF, (x == -math.inf).all(dim=1)),
@@ -163,16 +168,10 @@ def _reference_status(logits, params, uniform) -> torch.Tensor:
     return status
 
 
-def _in_range_t(name, param, rows, device) -> torch.Tensor:
+def _rows_in_range(name, param, rows, device) -> torch.Tensor:
     tensor, number = param
-    v = tensor if tensor is not None else torch.full((rows,), number, dtype=torch.float64, device=device)
-    if name == "temperature":
-        return v.isfinite() & (v >= 0)
-    if name == "top_k":
-        return v >= 0
-    if name == "top_p":
-        return (v > 0) & (v <= 1)
-    return (v >= 0) & (v < 1)
+    values = tensor if tensor is not None else torch.full((rows,), number, dtype=torch.float64, device=device)
+    return _in_range(name, values)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -207,13 +206,11 @@ def _launch(name: str, logits, params, uniform, seed, offset, tokens, logprobs, 
     )
     if name == "cpp":
         return _backends.cpp_module().sample_logits(*common, _native.num_threads()) > 0
-    else:
-        module = _backends.cuda_module()
-        nbytes = module.sample_logits_workspace_bytes(logits.shape[0], logits.shape[1],
-                                                      _native.DTYPE_CODES[logits.dtype])
-        workspace = torch.empty(nbytes, dtype=torch.uint8, device=logits.device)
-        module.sample_logits(*common, workspace.data_ptr(), _native.cuda_stream(logits))
-        return True
+    module = _backends.cuda_module()
+    nbytes = module.sample_logits_workspace_bytes(logits.shape[0], logits.shape[1], _native.DTYPE_CODES[logits.dtype])
+    workspace = torch.empty(nbytes, dtype=torch.uint8, device=logits.device)  # from torch: CUDA-graph safe
+    module.sample_logits(*common, workspace.data_ptr(), _native.cuda_stream(logits))
+    return True
 
 
 def _params_dict(temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p) -> dict:
@@ -256,8 +253,6 @@ def _filter(logits, params, backend):
     return filtered
 
 
-_PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p")
-
 
 # ----------------------------------------------------------------------------- custom ops
 # The path torch.compile, fake tensors and torch.library.opcheck see: every
@@ -298,7 +293,7 @@ def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_
 
 
 def _filter_setup_context(ctx, inputs, output):
-    logits, temperature_t, temperature = inputs[:3]
+    _, temperature_t, temperature = inputs[:3]
     ctx.save_for_backward(output, temperature_t)
     ctx.temperature = temperature
 
