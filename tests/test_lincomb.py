@@ -240,6 +240,14 @@ def test_cpp_batch_and_thread_invariant(cols):
     for rows in (slice(5, 6), slice(0, 7), slice(30, 64)):
         part = lincomb([x[rows], d[rows]], [1.0, -0.3], noise_std=0.5, seed=seeds[rows], offset=17, backend="cpp")
         assert torch.equal(part, full[rows])
+    # one integer seed: the result does not depend on the thread count either
+    full = lincomb([x, d], [1.0, -0.3], noise_std=0.5, seed=3, backend="cpp")
+    try:
+        torch.set_num_threads(1)
+        one = lincomb([x, d], [1.0, -0.3], noise_std=0.5, seed=3, backend="cpp")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(full, one)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
