@@ -101,6 +101,14 @@ def test_triton_agrees_with_cpp(shape, seed):
     torch.testing.assert_close(tri.cpu(), cpp, rtol=2e-6, atol=0.8 * NOISE_ATOL + 1e-6)
 
 
+@pytest.mark.triton
+def test_triton_float64_coefficients_keep_their_precision():
+    # Python floats reach the kernel as float64 (Triton passes them as float32 by default).
+    x, d = (make_tensor((3, 5), torch.float64, seed=i, device=triton_device()) for i in range(2))
+    got = lincomb([x, d], [0.1, 1 / 3], backend="triton").cpu()
+    torch.testing.assert_close(got, 0.1 * x.cpu() + d.cpu() / 3, rtol=1e-14, atol=1e-15)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @given(c=case)
