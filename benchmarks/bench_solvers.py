@@ -348,7 +348,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="two updates, a small state, short timings")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's); the results file is then solvers-threadsN-*")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -357,7 +358,8 @@ def main(argv=None) -> int:
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
     info = _common.machine(args.device)
-    path = _common.write_results(NAME, args.device, info, rows, columns, notes, args.out)
+    name = NAME if args.threads is None else f"{NAME}-threads{args.threads}"
+    path = _common.write_results(name, args.device, info, rows, columns, notes, args.out)
     print(_common.markdown_table(rows, columns))
     print("\n".join(notes))
     print(f"\nwritten to {path}")
