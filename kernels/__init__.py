@@ -10,3 +10,7 @@ triton is imported).
 from pyprobtf.kernels import affine_coupling
 
 __all__ = ["affine_coupling"]
+
+from pyprobtf.kernels import lincomb  # noqa: E402
+
+__all__ += ["lincomb"]

@@ -7,3 +7,7 @@ from pyprobtf.ops._backends import BackendStatus, BackendUnavailableError, avail
 from pyprobtf.ops.affine_coupling import affine_coupling
 
 __all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "available_backends"]
+
+from pyprobtf.ops.lincomb import lincomb  # noqa: E402
+
+__all__ += ["lincomb"]

@@ -8,3 +8,7 @@ and every other backend is tested against them.
 from pyprobtf.reference.affine_coupling import affine_coupling, affine_coupling_backward
 
 __all__ = ["affine_coupling", "affine_coupling_backward"]
+
+from pyprobtf.reference.lincomb import lincomb  # noqa: E402
+
+__all__ += ["lincomb"]
