@@ -8,8 +8,10 @@
 #include <tuple>
 
 #include "pyprobtf/affine_coupling.h"
+#include "pyprobtf/cpu_random.h"
+#include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
-#include "pyprobtf/sampling.h"
+#include "pyprobtf/sampling_args.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -20,16 +22,6 @@ static ptf::Mat mat(const MatArg& m) {
 }
 static ptf::Vec vec(const VecArg& v) { return ptf::Vec{reinterpret_cast<void*>(std::get<0>(v)), std::get<1>(v)}; }
 static void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
-
-// sample_logits' per-row parameters: (pointer or 0, stride, value used when the pointer is 0).
-using RowParamArg = std::tuple<uintptr_t, int64_t, double>;
-using RowIntParamArg = std::tuple<uintptr_t, int64_t, int64_t>;
-static ptf::sampling::RowParam row_param(const RowParamArg& p) {
-  return {reinterpret_cast<const double*>(std::get<0>(p)), std::get<1>(p), std::get<2>(p)};
-}
-static ptf::sampling::RowIntParam row_int_param(const RowIntParamArg& p) {
-  return {reinterpret_cast<const int64_t*>(std::get<0>(p)), std::get<1>(p), std::get<2>(p)};
-}
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyprobtf CPU kernels (C++17, OpenMP)";
@@ -83,15 +75,40 @@ PYBIND11_MODULE(_C, m) {
       "Philox words, tl.randn normals and 53-bit uniforms for int64 seed/counter arrays (testing).");
 
   m.def(
+      "lincomb",
+      [](const std::vector<MatArg>& inputs, const std::vector<double>& coeffs, const std::vector<VecArg>& coeff_rows,
+         MatArg out, int64_t rows, int64_t cols, int dtype, bool noise, double noise_std, VecArg noise_std_rows,
+         int64_t seed, VecArg seed_rows, int64_t offset, int num_threads) {
+        const ptf::LincombArgs a = ptf::make_lincomb_args(inputs, coeffs, coeff_rows, out, rows, cols, dtype, noise,
+                                                          noise_std, noise_std_rows, seed, seed_rows, offset);
+        py::gil_scoped_release release;
+        ptf::lincomb_cpu(a, num_threads);
+      },
+      py::arg("inputs"), py::arg("coeffs"), py::arg("coeff_rows"), py::arg("out"), py::arg("rows"), py::arg("cols"),
+      py::arg("dtype"), py::arg("noise"), py::arg("noise_std"), py::arg("noise_std_rows"), py::arg("seed"),
+      py::arg("seed_rows"), py::arg("offset"), py::arg("num_threads"),
+      "out = sum_k coeffs[k] * inputs[k] + noise_std * eps (Philox normals drawn in the kernel).");
+
+  m.def(
+      "philox_words",
+      [](int isa, int64_t seed, int64_t counter, int64_t n, uintptr_t w0, uintptr_t w1) {
+        py::gil_scoped_release release;
+        return ptf::cpu::philox_words_isa(static_cast<ptf::cpu::PhiloxIsa>(isa), static_cast<uint64_t>(seed),
+                                          static_cast<uint64_t>(counter), n, reinterpret_cast<uint32_t*>(w0),
+                                          reinterpret_cast<uint32_t*>(w1));
+      },
+      "Philox words 0 and 1 of counters counter .. counter + n - 1 with a chosen implementation (0 auto, "
+      "1 portable, 2 AVX2, 3 AVX-512); False when this CPU lacks it (testing).");
+
+  m.def(
       "sample_logits",
-      [](MatArg logits, int64_t rows, int64_t cols, int dtype, RowParamArg temperature, RowIntParamArg top_k,
-         RowParamArg top_p, RowParamArg min_p, VecArg uniform, RowIntParamArg seed, RowIntParamArg offset,
-         uintptr_t tokens, uintptr_t logprobs, uintptr_t status, uintptr_t filtered, int num_threads) {
-        ptf::SampleLogitsArgs a{mat(logits), rows, cols, static_cast<ptf::DType>(dtype), row_param(temperature),
-                                row_param(top_p), row_param(min_p), row_int_param(top_k),
-                                reinterpret_cast<const double*>(std::get<0>(uniform)), std::get<1>(uniform),
-                                row_int_param(seed), row_int_param(offset), reinterpret_cast<int64_t*>(tokens),
-                                ptr(logprobs), reinterpret_cast<int32_t*>(status), ptr(filtered)};
+      [](ptf::SamplingMat logits, int64_t rows, int64_t cols, int dtype, ptf::SamplingParam temperature,
+         ptf::SamplingIntParam top_k, ptf::SamplingParam top_p, ptf::SamplingParam min_p, ptf::SamplingVec uniform,
+         ptf::SamplingIntParam seed, ptf::SamplingIntParam offset, uintptr_t tokens, uintptr_t logprobs,
+         uintptr_t status, uintptr_t filtered, int num_threads) {
+        const ptf::SampleLogitsArgs a = ptf::make_sample_logits_args(
+            logits, rows, cols, dtype, temperature, top_k, top_p, min_p, uniform, seed, offset, tokens, logprobs,
+            status, filtered);
         int64_t bad_rows = 0;
         {
           py::gil_scoped_release release;

@@ -10,11 +10,13 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "pyprobtf/affine_coupling.h"
 #include "pyprobtf/cuda_runtime_info.h"
+#include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
-#include "pyprobtf/sampling.h"
+#include "pyprobtf/sampling_args.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -29,15 +31,6 @@ static ptf::Mat mat(const MatArg& m) {
 }
 static ptf::Vec vec(const VecArg& v) { return ptf::Vec{reinterpret_cast<void*>(std::get<0>(v)), std::get<1>(v)}; }
 static void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
-// sample_logits' per-row parameters: (pointer or 0, stride, value used when the pointer is 0).
-using RowParamArg = std::tuple<uintptr_t, int64_t, double>;
-using RowIntParamArg = std::tuple<uintptr_t, int64_t, int64_t>;
-static ptf::sampling::RowParam row_param(const RowParamArg& p) {
-  return {reinterpret_cast<const double*>(std::get<0>(p)), std::get<1>(p), std::get<2>(p)};
-}
-static ptf::sampling::RowIntParam row_int_param(const RowIntParamArg& p) {
-  return {reinterpret_cast<const int64_t*>(std::get<0>(p)), std::get<1>(p), std::get<2>(p)};
-}
 static void check(const char* error) {
   if (error) throw std::runtime_error(std::string("pyprobtf CUDA kernel failed: ") + error);
 }
@@ -99,21 +92,33 @@ PYBIND11_MODULE(_C_cuda, m) {
       },
       "Philox words, tl.randn normals and 53-bit uniforms for int64 seed/counter device arrays (testing).");
 
+  m.def(
+      "lincomb",
+      [](const std::vector<MatArg>& inputs, const std::vector<double>& coeffs, const std::vector<VecArg>& coeff_rows,
+         MatArg out, int64_t rows, int64_t cols, int dtype, bool noise, double noise_std, VecArg noise_std_rows,
+         int64_t seed, VecArg seed_rows, int64_t offset, uintptr_t stream) {
+        const ptf::LincombArgs a = ptf::make_lincomb_args(inputs, coeffs, coeff_rows, out, rows, cols, dtype, noise,
+                                                          noise_std, noise_std_rows, seed, seed_rows, offset);
+        check(ptf::lincomb_cuda(a, ptr(stream)));
+      },
+      py::arg("inputs"), py::arg("coeffs"), py::arg("coeff_rows"), py::arg("out"), py::arg("rows"), py::arg("cols"),
+      py::arg("dtype"), py::arg("noise"), py::arg("noise_std"), py::arg("noise_std_rows"), py::arg("seed"),
+      py::arg("seed_rows"), py::arg("offset"), py::arg("stream"),
+      "out = sum_k coeffs[k] * inputs[k] + noise_std * eps (Philox normals drawn in the kernel).");
+
   m.def("sample_logits_workspace_bytes", [](int64_t rows, int64_t cols, int dtype) {
     return ptf::sample_logits_workspace_bytes(rows, cols, static_cast<ptf::DType>(dtype));
   });
 
   m.def(
       "sample_logits",
-      [](MatArg logits, int64_t rows, int64_t cols, int dtype, RowParamArg temperature, RowIntParamArg top_k,
-         RowParamArg top_p, RowParamArg min_p, VecArg uniform, RowIntParamArg seed, RowIntParamArg offset,
-         uintptr_t tokens, uintptr_t logprobs, uintptr_t status, uintptr_t filtered, uintptr_t workspace,
-         uintptr_t stream) {
-        ptf::SampleLogitsArgs a{mat(logits), rows, cols, static_cast<ptf::DType>(dtype), row_param(temperature),
-                                row_param(top_p), row_param(min_p), row_int_param(top_k),
-                                reinterpret_cast<const double*>(std::get<0>(uniform)), std::get<1>(uniform),
-                                row_int_param(seed), row_int_param(offset), reinterpret_cast<int64_t*>(tokens),
-                                ptr(logprobs), reinterpret_cast<int32_t*>(status), ptr(filtered)};
+      [](ptf::SamplingMat logits, int64_t rows, int64_t cols, int dtype, ptf::SamplingParam temperature,
+         ptf::SamplingIntParam top_k, ptf::SamplingParam top_p, ptf::SamplingParam min_p, ptf::SamplingVec uniform,
+         ptf::SamplingIntParam seed, ptf::SamplingIntParam offset, uintptr_t tokens, uintptr_t logprobs,
+         uintptr_t status, uintptr_t filtered, uintptr_t workspace, uintptr_t stream) {
+        const ptf::SampleLogitsArgs a = ptf::make_sample_logits_args(
+            logits, rows, cols, dtype, temperature, top_k, top_p, min_p, uniform, seed, offset, tokens, logprobs,
+            status, filtered);
         check(ptf::sample_logits_cuda(a, ptr(workspace), ptr(stream)));
       },
       py::arg("logits"), py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("temperature"),

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from pyprobtf import reference
 from pyprobtf.ops import BackendUnavailableError, affine_coupling, available_backends
 from pyprobtf.ops._backends import triton_interpreting
-from pyprobtf.reference.affine_coupling import log_multiplier
-from pyprobtf.testing import DTYPES, LAYOUTS, assert_close, batch_shapes, make_tensor, tolerance
+from pyprobtf.testing.ops import check_affine_coupling_backward, check_affine_coupling_forward
+from pyprobtf.testing import DTYPES, LAYOUTS, batch_shapes, make_tensor
 
 SCALE_FNS = ("exp", "softclamp", "sigmoid")
 CPU_BACKENDS = ["reference", "cpp"]
@@ -33,65 +33,13 @@ def triton_device() -> str:
     return "cpu" if triton_interpreting() else "cuda"
 
 
-# ----------------------------------------------------------------------------- helpers
+# The checks themselves live in pyprobtf.testing.ops, shared with `pyprobtf check`.
+check_forward = check_affine_coupling_forward
+check_backward = check_affine_coupling_backward
 
 
 def _inputs(shape, dtype, layouts, seed, device="cpu"):
-    # x and shift in [-2, 2); scale in [-2, 2) too, so exp(s) stays within [e^-2, e^2].
     return tuple(make_tensor(shape, dtype, layout, seed=seed + i, device=device) for i, layout in enumerate(layouts))
-
-
-def _ds(a, s, scale_fn, clamp):
-    if scale_fn == "exp":
-        return torch.ones_like(a)
-    if scale_fn == "softclamp":
-        return 1 - (s / clamp) ** 2
-    return torch.exp(s - a - 2)
-
-
-def check_forward(backend, device, dtype, shape, layouts, scale_fn, clamp, inverse, seed=0):
-    x, t, a = _inputs(shape, dtype, layouts, seed, device)
-    y, ladj = affine_coupling(x, t, a, scale_fn=scale_fn, clamp=clamp, inverse=inverse, backend=backend)
-    x64, t64, a64 = (u.double().cpu() for u in (x, t, a))
-    y64, l64 = reference.affine_coupling(x64, t64, a64, scale_fn, clamp, inverse)
-    s = log_multiplier(a64, scale_fn, clamp)
-    assert y.shape == x.shape and y.dtype == dtype and y.device == x.device and y.is_contiguous()
-    assert ladj.shape == (shape[0],)
-    assert ladj.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    # Rounding errors scale with the terms that are added, not with their sum.
-    terms = (x64 - t64).abs() * torch.exp(-s) if inverse else (x64 * torch.exp(s)).abs() + t64.abs()
-    rtol, atol = tolerance(dtype)
-    assert_close(y, y64, rtol=rtol, atol=atol, scale=terms + y64.abs(), what="y")
-    rtol, atol = tolerance(ladj.dtype)
-    ladj_terms = s.abs().reshape(shape[0], math.prod(shape[1:])).sum(1)
-    assert_close(ladj, l64, rtol=rtol, atol=atol, scale=ladj_terms, what="ladj")
-
-
-def check_backward(backend, device, dtype, shape, layouts, scale_fn, clamp, inverse, seed=0):
-    x, t, a = _inputs(shape, dtype, layouts, seed, device)
-    gy = make_tensor(shape, dtype, "contiguous", seed=seed + 7, device=device)
-    ladj_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    gl = make_tensor(shape[:1], ladj_dtype, "contiguous", seed=seed + 8, device=device)
-    xr, tr, ar = (u.detach().requires_grad_() for u in (x, t, a))
-    y, ladj = affine_coupling(xr, tr, ar, scale_fn=scale_fn, clamp=clamp, inverse=inverse, backend=backend)
-    grads = torch.autograd.grad((y, ladj), (xr, tr, ar), (gy, gl))
-
-    x64, t64, a64 = (u.double().cpu().requires_grad_() for u in (x, t, a))
-    y64, l64 = reference.affine_coupling(x64, t64, a64, scale_fn, clamp, inverse)
-    expected = torch.autograd.grad((y64, l64), (x64, t64, a64), (gy.double().cpu(), gl.double().cpu()))
-
-    with torch.no_grad():
-        s = log_multiplier(a64, scale_fn, clamp)
-        e = torch.exp(-s if inverse else s)
-        g = gy.double().cpu().abs()
-        gl_b = gl.double().cpu().abs().reshape((-1,) + (1,) * (len(shape) - 1))
-        xmag = (x64.abs() + t64.abs()) if inverse else x64.abs()
-        ds = _ds(a64, s, scale_fn, clamp).abs() + (1e-14 if dtype == torch.float64 else 1e-6)
-        scales = (g * e, g * e if inverse else g, (g * xmag * e + gl_b) * ds)
-    rtol, atol = tolerance(dtype)
-    for name, got, want, scale in zip(("grad x", "grad shift", "grad scale"), grads, expected, scales):
-        assert got.dtype == dtype and got.shape == x.shape
-        assert_close(got, want, rtol=rtol, atol=atol, scale=scale + want.abs(), what=name)
 
 
 case = st.fixed_dictionaries(

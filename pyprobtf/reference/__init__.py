@@ -6,6 +6,13 @@ and every other backend is tested against them.
 """
 
 from pyprobtf.reference.affine_coupling import affine_coupling, affine_coupling_backward
-from pyprobtf.reference.sampling import filter_logits, sample_logits
 
-__all__ = ["affine_coupling", "affine_coupling_backward", "filter_logits", "sample_logits"]
+__all__ = ["affine_coupling", "affine_coupling_backward"]
+
+from pyprobtf.reference.lincomb import lincomb  # noqa: E402
+
+__all__ += ["lincomb"]
+
+from pyprobtf.reference.sampling import filter_logits, sample_logits  # noqa: E402
+
+__all__ += ["filter_logits", "sample_logits"]

@@ -1,0 +1,143 @@
+"""The ``pyprobtf`` command line.
+
+    pyprobtf check [OP ...] [--device cpu|cuda|all] [--dtype D]   verify every backend of this install
+    pyprobtf bench [NAME ...] [--device D] [--quick] [--out DIR]   run the op benchmarks
+
+User errors (unknown names, unwritable folders, a device that is not there)
+print one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called: reported in one line, exit status 2."""
+
+
+def _device_list(device: str) -> list[str]:
+    import torch
+
+    if device == "all":
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    return [device]
+
+
+# ----------------------------------------------------------------------------- check
+
+
+def cmd_check(args) -> int:
+    import pyprobtf
+    from pyprobtf.testing import ops as selfcheck
+
+    unknown = [op for op in args.ops if op not in selfcheck.REGISTRY]
+    if unknown:
+        raise UsageError(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(sorted(selfcheck.REGISTRY))}")
+    devices = _device_list(args.device)
+    print(f"pyprobtf {pyprobtf.__version__}: checking every backend against the reference")
+    for name, status in pyprobtf.ops.available_backends().items():
+        print(f"  {name:9s} {status!r}")
+    print()
+
+    def show(r):
+        mark = "PASS" if r.passed else "FAIL"
+        print(f"{r.op:18s} {r.backend:9s} {r.device:5s} {r.dtype:9s} {mark}  {r.cases:4d} cases  {r.seconds:6.1f} s"
+              + (f"\n    {r.detail}" if r.detail else ""), flush=True)
+
+    print(f"{'op':18s} {'backend':9s} {'dev':5s} {'dtype':9s} result")
+    import torch
+
+    dtypes = [getattr(torch, d) for d in args.dtype] if args.dtype else selfcheck.DTYPES
+    results = selfcheck.run_checks(args.ops or None, devices, dtypes, progress=show)
+    failed = [r for r in results if not r.passed]
+    print(f"\n{len(results) - len(failed)} of {len(results)} checks passed" + (f", {len(failed)} FAILED" if failed else ""))
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def _benchmark_modules() -> dict[str, object]:
+    """name -> module for every benchmarks/bench_<name>.py (shipped as pyprobtf.benchmarks)."""
+    package = importlib.import_module("pyprobtf.benchmarks")
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("bench_"))
+    return {name.removeprefix("bench_"): importlib.import_module(f"pyprobtf.benchmarks.{name}") for name in names}
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {str(path)!r}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"the output folder {str(path)!r} is not writable")
+    return path
+
+
+def cmd_bench(args) -> int:
+    modules = _benchmark_modules()
+    unknown = [n for n in args.names if n not in modules]
+    if unknown:
+        raise UsageError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(modules)}")
+    (device,) = _device_list(args.device)
+    out = _writable_dir(Path(args.out)) if args.out else None
+    for name in args.names or list(modules):
+        print(f"\n=== {name} ({device}) ===", flush=True)
+        argv = ["--device", device] + (["--quick"] if args.quick else []) + (["--out", str(out)] if out else [])
+        start = time.perf_counter()
+        status = modules[name].main(argv)
+        print(f"({name}: {time.perf_counter() - start:.0f} s)")
+        if status:
+            return status
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyprobtf", description="pyprobtf: generative models as probability "
+                                     "transformation functions, with fast fused ops.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="check every available backend of every op against its reference")
+    check.add_argument("ops", nargs="*", metavar="OP", help="ops to check (default: all)")
+    check.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    check.add_argument("--dtype", action="append", choices=["float32", "float64", "float16", "bfloat16"],
+                       help="dtypes to check (repeatable; default: all four)")
+    check.set_defaults(run=cmd_check)
+
+    bench = sub.add_parser("bench", help="run the op benchmarks and write their tables")
+    bench.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                       help="default: cuda when available, else cpu")
+    bench.add_argument("--quick", action="store_true", help="few cases, short timings")
+    bench.add_argument("--out", default=None, help="results folder (default: benchmarks/results in the source tree)")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "device", "") is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(f"pyprobtf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pyprobtf {args.command}: interrupted", file=sys.stderr)
+        return 130
