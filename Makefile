@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_affine_coupling.py
 	$(PY) benchmarks/bench_solvers.py
+	$(PY) benchmarks/bench_sampling.py
 
 clean:
 	rm -rf build $(VENV)

@@ -14,3 +14,7 @@ __all__ = ["affine_coupling"]
 from pyprobtf.kernels import lincomb  # noqa: E402
 
 __all__ += ["lincomb"]
+
+from pyprobtf.kernels import sampling  # noqa: E402
+
+__all__ += ["sampling"]

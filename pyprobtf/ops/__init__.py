@@ -11,3 +11,7 @@ __all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "avail
 from pyprobtf.ops.lincomb import lincomb  # noqa: E402
 
 __all__ += ["lincomb"]
+
+from pyprobtf.ops.sampling import filter_logits, sample_logits  # noqa: E402
+
+__all__ += ["filter_logits", "sample_logits"]

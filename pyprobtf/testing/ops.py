@@ -266,3 +266,10 @@ def _lincomb_cases(backend, device, dtype):
                 args = (backend, device, dtype, shape, n, layout, coeff_tensors, noise, seed_kind, 2**40 + seed,
                         2**33 + seed, out_kind, seed)
                 yield lambda args=args: check_lincomb(*args)
+
+
+# ----------------------------------------------------------------------------- sample_logits / filter_logits
+
+from pyprobtf.testing import sampling as _sampling  # noqa: E402
+
+register("sample_logits")(_sampling.cases)
