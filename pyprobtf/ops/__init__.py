@@ -5,5 +5,6 @@ See :func:`available_backends` for what runs on this machine.
 
 from pyprobtf.ops._backends import BackendStatus, BackendUnavailableError, available_backends
 from pyprobtf.ops.affine_coupling import affine_coupling
+from pyprobtf.ops.vq_nearest import vq_nearest
 
-__all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "available_backends"]
+__all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "available_backends", "vq_nearest"]

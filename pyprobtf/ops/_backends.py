@@ -37,6 +37,8 @@ GPU_BACKENDS = ("triton", "cuda")
 GPU_VERIFIED: dict[tuple[str, str], tuple[str, ...]] = {
     ("affine_coupling", "triton"): (),
     ("affine_coupling", "cuda"): (),
+    ("vq_nearest", "triton"): (),
+    ("vq_nearest", "cuda"): (),
 }
 
 # op -> device type -> backends in order of measured speed (fastest first).

@@ -6,5 +6,6 @@ and every other backend is tested against them.
 """
 
 from pyprobtf.reference.affine_coupling import affine_coupling, affine_coupling_backward
+from pyprobtf.reference.vq_nearest import vq_distances, vq_nearest
 
-__all__ = ["affine_coupling", "affine_coupling_backward"]
+__all__ = ["affine_coupling", "affine_coupling_backward", "vq_distances", "vq_nearest"]
