@@ -14,6 +14,7 @@
 #include "pyprobtf/affine_coupling.h"
 #include "pyprobtf/cuda_runtime_info.h"
 #include "pyprobtf/random.h"
+#include "pyprobtf/vq_nearest.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -88,4 +89,18 @@ PYBIND11_MODULE(_C_cuda, m) {
                                     reinterpret_cast<double*>(uniform), ptr(stream)));
       },
       "Philox words, tl.randn normals and 53-bit uniforms for int64 seed/counter device arrays (testing).");
+
+  m.def("vq_nearest_workspace_bytes", &ptf::vq_nearest_cuda_workspace_bytes, py::arg("rows"), py::arg("codes"),
+        py::arg("dim"), py::arg("k"));
+
+  m.def(
+      "vq_nearest",
+      [](MatArg x, MatArg codebook, uintptr_t indices, uintptr_t dist, int64_t rows, int64_t codes, int64_t dim,
+         int64_t k, int dtype, int metric, uintptr_t workspace, uintptr_t stream) {
+        ptf::VqNearest a{mat(x), mat(codebook), ptr(indices), ptr(dist), rows, codes, dim, k,
+                         static_cast<ptf::DType>(dtype), static_cast<ptf::VqMetric>(metric)};
+        check(ptf::vq_nearest_cuda(a, ptr(workspace), ptr(stream)));
+      },
+      py::arg("x"), py::arg("codebook"), py::arg("indices"), py::arg("dist"), py::arg("rows"), py::arg("codes"),
+      py::arg("dim"), py::arg("k"), py::arg("dtype"), py::arg("metric"), py::arg("workspace"), py::arg("stream"));
 }

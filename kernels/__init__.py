@@ -7,6 +7,6 @@ kernels run only under Triton's interpreter (TRITON_INTERPRET=1 set before
 triton is imported).
 """
 
-from pyprobtf.kernels import affine_coupling
+from pyprobtf.kernels import affine_coupling, vq_nearest
 
-__all__ = ["affine_coupling"]
+__all__ = ["affine_coupling", "vq_nearest"]

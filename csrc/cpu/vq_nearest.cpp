@@ -100,87 +100,37 @@ struct PackedCodebook {
   int64_t codes, dim, panels;
 };
 
-// Per-row state of one row tile. A row's candidates are the codes whose
-// approximate score was <= its threshold when seen; the threshold is the k-th
-// best approximate score so far plus `window` (twice the error bound), +inf
-// until k codes were seen, NaN for rows answered by the exact scan.
+// Per-row state of one row tile (see "candidates of one row" in vq_nearest.h);
+// `exact` marks rows answered by the exact float64 scan.
 template <typename S>
 struct RowState {
   S* thr;
   S* window;
-  S* heap;          // k per row: max-heap of the k best approximate scores
+  S* heap;          // k per row
   int64_t* heap_n;
   S* cand_score;    // cap per row
   int64_t* cand_idx;
   int64_t* count;
-  uint8_t* exact;   // 1: the row is answered by the exact float64 scan
+  uint8_t* exact;
   int64_t k, cap;
 };
 
 template <typename S>
-void drop_above_threshold(RowState<S>& st, int64_t row) {
-  S* s = st.cand_score + row * st.cap;
-  int64_t* j = st.cand_idx + row * st.cap;
-  const S thr = st.thr[row];
-  int64_t kept = 0;
-  for (int64_t c = 0; c < st.count[row]; ++c) {
-    if (s[c] <= thr) {
-      s[kept] = s[c];
-      j[kept] = j[c];
-      ++kept;
-    }
-  }
-  st.count[row] = kept;
-}
-
-// Offers an approximate score to the row's k best (a max-heap: heap[0] is the
-// k-th best); returns whether it entered and the heap is full.
-template <typename S>
 inline bool heap_offer(RowState<S>& st, int64_t row, S s) {
-  const int64_t k = st.k;
-  S* heap = st.heap + row * k;
-  int64_t n = st.heap_n[row];
-  if (n < k) {
-    int64_t pos = n++;
-    while (pos > 0 && heap[(pos - 1) / 2] < s) {
-      heap[pos] = heap[(pos - 1) / 2];
-      pos = (pos - 1) / 2;
-    }
-    heap[pos] = s;
-    st.heap_n[row] = n;
-    return n == k;
-  }
-  if (!(s < heap[0])) return false;
-  int64_t pos = 0;
-  for (;;) {
-    int64_t child = 2 * pos + 1;
-    if (child >= k) break;
-    if (child + 1 < k && heap[child + 1] > heap[child]) ++child;
-    if (!(heap[child] > s)) break;
-    heap[pos] = heap[child];
-    pos = child;
-  }
-  heap[pos] = s;
-  return true;
+  return vq_heap_offer(st.heap + row * st.k, st.heap_n + row, st.k, s);
 }
 
-// Appends a candidate (its score is within the row's threshold). Returns false
-// when the buffer is full of scores within the threshold: the row then goes to
-// the exact scan, and its threshold becomes NaN so that nothing passes any more.
+// Returns false when the row went to the exact scan (its threshold is then NaN:
+// nothing passes any more).
 template <typename S>
 inline bool keep_candidate(RowState<S>& st, int64_t row, S s, int64_t j) {
-  if (st.count[row] == st.cap) {
-    drop_above_threshold(st, row);
-    if (st.count[row] == st.cap) {
-      st.exact[row] = 1;
-      st.thr[row] = std::numeric_limits<S>::quiet_NaN();
-      return false;
-    }
+  if (vq_keep_candidate(st.cand_score + row * st.cap, st.cand_idx + row * st.cap, st.count + row, st.cap,
+                        st.thr[row], s, j)) {
+    return true;
   }
-  st.cand_score[row * st.cap + st.count[row]] = s;
-  st.cand_idx[row * st.cap + st.count[row]] = j;
-  ++st.count[row];
-  return true;
+  st.exact[row] = 1;
+  st.thr[row] = std::numeric_limits<S>::quiet_NaN();
+  return false;
 }
 
 // ---------------------------------------------------------------- the scan, per instruction set

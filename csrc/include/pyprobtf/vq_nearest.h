@@ -92,6 +92,65 @@ PTF_HD double vq_score_error_bound(double x_norm, double max_e_norm, double max_
   return 2.0 * bound;
 }
 
+// ---------------------------------------------------------------- candidates of one row
+// A row's candidates are the codes whose approximate score was <= its
+// threshold when seen; the threshold is the k-th best approximate score so far
+// plus the window (twice the error bound), +inf until k codes were seen, and
+// NaN once the row is left to the exact scan. Only the threshold ever falls, so
+// a candidate above it can be dropped at any time.
+
+// Offers an approximate score to the row's k best, a max-heap (heap[0] is the
+// k-th best). Returns whether the heap is full and its top changed.
+template <typename S>
+PTF_HD bool vq_heap_offer(S* heap, int64_t* heap_n, int64_t k, S s) {
+  int64_t n = *heap_n;
+  if (n < k) {
+    int64_t pos = n++;
+    while (pos > 0 && heap[(pos - 1) / 2] < s) {
+      heap[pos] = heap[(pos - 1) / 2];
+      pos = (pos - 1) / 2;
+    }
+    heap[pos] = s;
+    *heap_n = n;
+    return n == k;
+  }
+  if (!(s < heap[0])) return false;
+  int64_t pos = 0;
+  for (;;) {
+    int64_t child = 2 * pos + 1;
+    if (child >= k) break;
+    if (child + 1 < k && heap[child + 1] > heap[child]) ++child;
+    if (!(heap[child] > s)) break;
+    heap[pos] = heap[child];
+    pos = child;
+  }
+  heap[pos] = s;
+  return true;
+}
+
+// Appends candidate (s, j) to the buffer of `cap` entries, first dropping the
+// entries above `thr` when it is full. Returns false when it is full of
+// entries within the threshold: the row must then go to the exact scan.
+template <typename S>
+PTF_HD bool vq_keep_candidate(S* cand_s, int64_t* cand_j, int64_t* count, int64_t cap, S thr, S s, int64_t j) {
+  if (*count == cap) {
+    int64_t kept = 0;
+    for (int64_t c = 0; c < cap; ++c) {
+      if (cand_s[c] <= thr) {
+        cand_s[kept] = cand_s[c];
+        cand_j[kept] = cand_j[c];
+        ++kept;
+      }
+    }
+    *count = kept;
+    if (kept == cap) return false;
+  }
+  cand_s[*count] = s;
+  cand_j[*count] = j;
+  ++*count;
+  return true;
+}
+
 // CPU kernel (csrc/cpu/vq_nearest.cpp). `isa`: 0 picks the best the CPU supports;
 // 1 (baseline x86-64), 3 (x86-64-v3, AVX2) or 4 (x86-64-v4, AVX-512) forces one,
 // for tests. num_threads <= 1 runs serially.
@@ -99,9 +158,10 @@ void vq_nearest_cpu(const VqNearest& args, int isa, int num_threads);
 // The instruction-set levels the CPU kernel can use on this machine, best first.
 int vq_nearest_cpu_best_isa();
 
-// CUDA kernels (csrc/cuda/vq_nearest.cu); return nullptr or an error message.
-// `fast`: the scan may use TF32 tensor-core-free fast paths (see the .cu file).
-// The caller allocates a device workspace of vq_nearest_cuda_workspace_bytes.
+// CUDA kernels (csrc/cuda/vq_nearest.cu): a plain FP32-FMA (float64 for
+// float64) tiled scan, so no `fast` variant. Return nullptr or an error
+// message. The caller allocates a device workspace of
+// vq_nearest_cuda_workspace_bytes (O(rows * k + codes * dim)).
 int64_t vq_nearest_cuda_workspace_bytes(int64_t rows, int64_t codes, int64_t dim, int64_t k);
 const char* vq_nearest_cuda(const VqNearest& args, void* workspace, void* stream);
 
