@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -46,29 +47,30 @@ template <typename S> constexpr double underflow() { return sizeof(S) == 4 ? 0x1
 // Scores must stay far from overflow for the bound to hold; rows beyond go to the exact scan.
 template <typename S> constexpr double score_limit() { return sizeof(S) == 4 ? 1e36 : 1e300; }
 
-// x . e in float64 with four interleaved partial sums (a fixed order: the
-// same value whatever the caller). Products of float32 values are exact in float64.
-template <typename T>
-double dot_exact(const double* x, const T* e, int64_t e_stride, int64_t dim) {
-  double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0, acc3 = 0.0;
+// a . b in float64 with eight interleaved partial sums added in a fixed tree:
+// the same value whatever the caller (and one vector FMA chain per 8 terms).
+// Products of float32 values are exact in float64.
+constexpr int kExactLanes = 8;
+
+template <typename A, typename B>
+PTF_MULTIVERSION double dot_exact(const A* a, int64_t as, const B* b, int64_t bs, int64_t dim) {
+  double acc[kExactLanes] = {};
   int64_t d = 0;
-  if (e_stride == 1) {
-    for (; d + 4 <= dim; d += 4) {
-      acc0 += x[d] * cpu::load(e[d]);
-      acc1 += x[d + 1] * cpu::load(e[d + 1]);
-      acc2 += x[d + 2] * cpu::load(e[d + 2]);
-      acc3 += x[d + 3] * cpu::load(e[d + 3]);
+  if (as == 1 && bs == 1) {
+    for (; d + kExactLanes <= dim; d += kExactLanes) {
+      for (int l = 0; l < kExactLanes; ++l) {
+        acc[l] += static_cast<double>(cpu::load(a[d + l])) * static_cast<double>(cpu::load(b[d + l]));
+      }
     }
   } else {
-    for (; d + 4 <= dim; d += 4) {
-      acc0 += x[d] * cpu::load(e[d * e_stride]);
-      acc1 += x[d + 1] * cpu::load(e[(d + 1) * e_stride]);
-      acc2 += x[d + 2] * cpu::load(e[(d + 2) * e_stride]);
-      acc3 += x[d + 3] * cpu::load(e[(d + 3) * e_stride]);
+    for (; d + kExactLanes <= dim; d += kExactLanes) {
+      for (int l = 0; l < kExactLanes; ++l) {
+        acc[l] += static_cast<double>(cpu::load(a[(d + l) * as])) * static_cast<double>(cpu::load(b[(d + l) * bs]));
+      }
     }
   }
-  for (; d < dim; ++d) acc0 += x[d] * cpu::load(e[d * e_stride]);
-  return (acc0 + acc1) + (acc2 + acc3);
+  for (; d < dim; ++d) acc[0] += static_cast<double>(cpu::load(a[d * as])) * static_cast<double>(cpu::load(b[d * bs]));
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 template <typename T>
@@ -79,6 +81,13 @@ void row_to_double(const Mat& m, int64_t row, int64_t dim, double* out) {
   } else {
     for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<double>(cpu::load(p[d * m.col_stride]));
   }
+}
+
+// |x|^2 of row `row` in float64.
+template <typename T>
+double sum_of_squares(const Mat& m, int64_t row, int64_t dim) {
+  const T* p = static_cast<const T*>(m.data) + row * m.row_stride;
+  return dot_exact(p, m.col_stride, p, m.col_stride, dim);
 }
 
 template <typename T>
@@ -195,7 +204,7 @@ void prepare_codebook(const VqNearest& a, Prepared<S>& prep, int num_threads) {
         continue;
       }
       row_to_double<T>(a.codebook, j, dim, e.data());
-      const double s = dot_exact(e.data(), e.data(), 1, dim);
+      const double s = dot_exact(e.data(), 1, e.data(), 1, dim);
       sq[static_cast<size_t>(j)] = s;
       // Cosine scans unit codes e / max(|e|, eps): x . e^ orders codes as the cosine distance does.
       const double scale = a.metric == VqMetric::Cosine ? 1.0 / vq_clamp_min(std::sqrt(s), kVqCosineEps) : 1.0;
@@ -216,6 +225,21 @@ void prepare_codebook(const VqNearest& a, Prepared<S>& prep, int num_threads) {
   prep.max_sq *= 1.0 + 1e-6;
 }
 
+// Like cpu::parallel_for, but tiles are handed out dynamically: they cost about
+// the same, yet on a shared machine one thread can fall behind. The cut never
+// depends on the thread count, so neither do the results.
+template <typename F>
+void parallel_tiles(int64_t n, int64_t work, int num_threads, F&& f) {
+#if defined(PTF_HAVE_OPENMP)
+  if (num_threads > 1 && n > 1 && work >= cpu::kMinParallelWork) {
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) f(i);
+}
+
 // Rows per tile: a function of D and k only (never of the thread count).
 // About 24 KiB of packed rows (L1/L2), a multiple of every micro-tile height,
 // and a bounded candidate buffer.
@@ -232,7 +256,7 @@ void exact_scan(const VqNearest& a, const std::vector<double>& norm, const doubl
                 int64_t* idx) {
   int64_t count = 0;
   for (int64_t j = 0; j < a.codes; ++j) {
-    const double dot = dot_exact(x, code_row<T>(a, j), a.codebook.col_stride, a.dim);
+    const double dot = dot_exact(x, 1, code_row<T>(a, j), a.codebook.col_stride, a.dim);
     vq_insert_sorted(dist, idx, &count, a.k, vq_distance<METRIC>(dot, xsq, norm[static_cast<size_t>(j)]), j);
   }
 }
@@ -244,24 +268,45 @@ void process_tile(const VqNearest& a, const Prepared<S>& prep, const PackedCodeb
   const int64_t dim = a.dim, k = a.k, rows = r1 - r0;
   const int64_t micro_tiles = (rows + MR - 1) / MR;
   const int64_t padded = micro_tiles * MR;
-  AlignedBuffer<S> xp(static_cast<size_t>(micro_tiles * MR * dim));
   std::vector<S> thr(padded), window(padded), heap(padded * k), cand_score(padded * cap);
   std::vector<int64_t> heap_n(padded, 0), cand_idx(padded * cap), count(padded, 0);
   std::vector<uint8_t> exact(padded, 1);
   std::vector<double> xsq(padded, 0.0), x(static_cast<size_t>(std::max<int64_t>(dim, 1)));
+  // (rows >= 1 here: tiles are never empty)
   const double alpha_abs = METRIC == VqMetric::L2 ? 2.0 : 1.0;
 
+  // Row pointers for the scan: straight into x when its rows already are
+  // contiguous values of the scan's type, else into a converted copy.
+  std::vector<const S*> row_ptr(static_cast<size_t>(padded));
+  std::vector<S> converted;
+  if constexpr (std::is_same_v<T, S>) {
+    if (a.x.col_stride == 1 || dim <= 1) {
+      for (int64_t r = 0; r < padded; ++r) {
+        row_ptr[r] = static_cast<const S*>(a.x.data) + (r0 + std::min(r, rows - 1)) * a.x.row_stride;
+      }
+    }
+  }
+  if (row_ptr[0] == nullptr) {
+    converted.resize(static_cast<size_t>(rows * std::max<int64_t>(dim, 1)));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* src = static_cast<const T*>(a.x.data) + (r0 + r) * a.x.row_stride;
+      S* dst = converted.data() + r * dim;
+      const int64_t cs = a.x.col_stride;
+      if (cs == 1) {
+        for (int64_t d = 0; d < dim; ++d) dst[d] = static_cast<S>(cpu::load(src[d]));
+      } else {
+        for (int64_t d = 0; d < dim; ++d) dst[d] = static_cast<S>(cpu::load(src[d * cs]));
+      }
+    }
+    for (int64_t r = 0; r < padded; ++r) row_ptr[r] = converted.data() + std::min(r, rows - 1) * dim;
+  }
   for (int64_t r = 0; r < padded; ++r) {
-    S* xm = xp.get() + (r / MR) * dim * MR + (r % MR);
     thr[r] = std::numeric_limits<S>::quiet_NaN();
     if (r >= rows) {
-      for (int64_t d = 0; d < dim; ++d) xm[d * MR] = S(0);
       exact[r] = 0;  // padding: never looked at
       continue;
     }
-    row_to_double<T>(a.x, r0 + r, dim, x.data());
-    for (int64_t d = 0; d < dim; ++d) xm[d * MR] = static_cast<S>(x[static_cast<size_t>(d)]);
-    const double s = dot_exact(x.data(), x.data(), 1, dim);
+    const double s = sum_of_squares<T>(a.x, r0 + r, dim);
     xsq[r] = s;
     const double xn = std::sqrt(s);
     const double largest = prep.max_sq + alpha_abs * xn * prep.max_norm;
@@ -278,7 +323,7 @@ void process_tile(const VqNearest& a, const Prepared<S>& prep, const PackedCodeb
 
   RowState<S> st{thr.data(), window.data(), heap.data(), heap_n.data(), cand_score.data(), cand_idx.data(),
                  count.data(), exact.data(), k, cap};
-  Kern::scan(cb, xp.get(), micro_tiles, st);
+  Kern::scan(cb, row_ptr.data(), micro_tiles, st);
 
   // Re-score the candidates in float64 (or scan exactly) and write the k best in order.
   std::vector<double> best_d(static_cast<size_t>(k)), cd;
@@ -295,7 +340,7 @@ void process_tile(const VqNearest& a, const Prepared<S>& prep, const PackedCodeb
       for (int64_t c = 0; c < count[r]; ++c) {
         if (!(s[c] <= thr[r])) continue;  // entered under an older, looser threshold
         const int64_t code = j[c];
-        const double dot = dot_exact(x.data(), code_row<T>(a, code), a.codebook.col_stride, dim);
+        const double dot = dot_exact(x.data(), 1, code_row<T>(a, code), a.codebook.col_stride, dim);
         cd.push_back(vq_distance<METRIC>(dot, xsq[r], prep.norm[static_cast<size_t>(code)]));
         cj.push_back(code);
       }
@@ -332,7 +377,7 @@ void run(const VqNearest& a, int num_threads) {
   const int64_t cap = 2 * a.k + 32;
   const int64_t mc = rows_per_tile(a.dim, cap);
   const int64_t tiles = (a.rows + mc - 1) / mc;
-  cpu::parallel_for(tiles, a.rows * a.codes * std::max<int64_t>(a.dim, 1), num_threads, [&](int64_t t) {
+  parallel_tiles(tiles, a.rows * a.codes * std::max<int64_t>(a.dim, 1), num_threads, [&](int64_t t) {
     const int64_t r0 = t * mc;
     const int64_t r1 = std::min(a.rows, r0 + mc);
     process_tile<Kern, T, S, METRIC>(a, prep, cb, r0, r1, cap);
