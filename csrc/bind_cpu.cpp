@@ -78,6 +78,9 @@ PYBIND11_MODULE(_C, m) {
       "vq_nearest",
       [](MatArg x, MatArg codebook, uintptr_t indices, uintptr_t dist, int64_t rows, int64_t codes, int64_t dim,
          int64_t k, int dtype, int metric, int isa, int num_threads) {
+        if (rows < 0 || codes < 1 || dim < 0 || k < 1 || k > codes) {
+          throw std::invalid_argument("vq_nearest: need rows >= 0, dim >= 0 and 1 <= k <= codes");
+        }
         if (isa > ptf::vq_nearest_cpu_best_isa()) {
           throw std::invalid_argument("vq_nearest: instruction-set level " + std::to_string(isa) +
                                       " is not supported by this CPU");

@@ -6,7 +6,8 @@
 // Work is cut into tiles of rows whose size depends only on D and k, never on
 // the thread count, and nothing a row computes depends on the other rows: the
 // result is batch- and thread-invariant. Extra memory: the packed codebook
-// (K x D) and, per running tile, its packed rows and candidate lists.
+// (K x D) and, per running tile, its candidate lists (and a converted copy of
+// its rows when they are not contiguous values of the scan's type).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -241,8 +242,8 @@ void parallel_tiles(int64_t n, int64_t work, int num_threads, F&& f) {
 }
 
 // Rows per tile: a function of D and k only (never of the thread count).
-// About 24 KiB of packed rows (L1/L2), a multiple of every micro-tile height,
-// and a bounded candidate buffer.
+// About 24 KiB of rows (they stay in L1/L2 while the codebook panels pass
+// over them), a multiple of every micro-tile height, a bounded candidate buffer.
 int64_t rows_per_tile(int64_t dim, int64_t cap) {
   int64_t mc = 24576 / std::max<int64_t>(dim, 1);
   mc = std::min<int64_t>(mc, (int64_t(1) << 20) / cap);
