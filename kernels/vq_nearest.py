@@ -4,9 +4,9 @@ Same scheme as the C++ and CUDA kernels (csrc/include/pyprobtf/vq_nearest.h):
 
 1. ``_scan_kernel``: one program per BLOCK_M rows streams the codebook in
    BLOCK_N-code tiles; ``tl.dot`` computes the scores ``en + alpha * x.e``
-   (IEEE float32, or TF32 tensor cores with ``fast``; float64 for float64
-   data), and each row keeps its CAND best approximate scores (ties to the
-   lower index). Then, per row, the candidates within twice the rigorous
+   (IEEE float32, TF32 tensor cores with ``fast``, tensor cores with float32
+   sums for half data; plain float64 FMAs for float64 data), and each row
+   keeps its CAND best approximate scores (ties to the lower index). Then, per row, the candidates within twice the rigorous
    error bound of the k-th best are re-scored in float64 and the k best
    written. A row is flagged for the exact scan when its CAND-th best is
    itself within the window (more near-ties than kept), or its values are not
@@ -45,6 +45,19 @@ def _distance(dot, xsq, enorm, METRIC: tl.constexpr):
 
 
 @triton.jit
+def _outer_product_sum(X, x_rs, x_cs, rows, rmask, E, e_rs, e_cs, cols, cmask, D,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """x . e for a BLOCK_M x BLOCK_N tile in float64, one rank-1 update per column
+    (plain FMAs: tl.dot's float64 support varies across GPUs and Triton versions)."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float64)
+    for d in range(0, D):
+        xc = tl.load(X + rows * x_rs + d * x_cs, mask=rmask, other=0.0).to(tl.float64)
+        ec = tl.load(E + cols * e_rs + d * e_cs, mask=cmask, other=0.0).to(tl.float64)
+        acc += xc[:, None] * ec[None, :]
+    return acc
+
+
+@triton.jit
 def _scan_kernel(
     X, x_rs, x_cs, E, e_rs, e_cs, OFFSET, EO, eo_rs, eo_cs, NORM, META,
     IDX, DIST, FLAG,
@@ -72,17 +85,20 @@ def _scan_kernel(
     for n0 in range(0, K, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cmask = cols < K
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
-        for d0 in range(0, D, BLOCK_D):
-            dm = d0 + dcols < D
-            xt = tl.load(X + rows[:, None] * x_rs + (d0 + dcols)[None, :] * x_cs,
-                         mask=rmask[:, None] & dm[None, :], other=0.0).to(DOT)
-            et = tl.load(E + cols[:, None] * e_rs + (d0 + dcols)[None, :] * e_cs,
-                         mask=cmask[:, None] & dm[None, :], other=0.0).to(DOT)
-            if DOT == tl.float32:
-                acc = tl.dot(xt, tl.trans(et), acc, input_precision=PRECISION)
-            else:  # float64; or float16/bfloat16 data: exact products, float32 sums
-                acc = tl.dot(xt, tl.trans(et), acc)
+        if DOT == tl.float64:
+            acc = _outer_product_sum(X, x_rs, x_cs, rows, rmask, E, e_rs, e_cs, cols, cmask, D, BLOCK_M, BLOCK_N)
+        else:
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+            for d0 in range(0, D, BLOCK_D):
+                dm = d0 + dcols < D
+                xt = tl.load(X + rows[:, None] * x_rs + (d0 + dcols)[None, :] * x_cs,
+                             mask=rmask[:, None] & dm[None, :], other=0.0).to(DOT)
+                et = tl.load(E + cols[:, None] * e_rs + (d0 + dcols)[None, :] * e_cs,
+                             mask=cmask[:, None] & dm[None, :], other=0.0).to(DOT)
+                if DOT == tl.float32:
+                    acc = tl.dot(xt, tl.trans(et), acc, input_precision=PRECISION)
+                else:  # float16/bfloat16 data: exact products, float32 sums
+                    acc = tl.dot(xt, tl.trans(et), acc)
         offset = tl.load(OFFSET + cols, mask=cmask, other=float("inf")).to(ACC)
         s = offset[None, :] + alpha * acc
         s = tl.where(cmask[None, :], s, float("inf"))
@@ -174,14 +190,8 @@ def _exact_kernel(
             for n0 in range(0, K, BLOCK_N):
                 cols = n0 + tl.arange(0, BLOCK_N)
                 cmask = cols < K
-                dot = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float64)
-                for d0 in range(0, D, BLOCK_D):
-                    dm = d0 + dcols < D
-                    xv = tl.load(X + rows[:, None] * x_rs + (d0 + dcols)[None, :] * x_cs,
-                                 mask=flagged[:, None] & dm[None, :], other=0.0).to(tl.float64)
-                    ev = tl.load(EO + cols[:, None] * eo_rs + (d0 + dcols)[None, :] * eo_cs,
-                                 mask=cmask[:, None] & dm[None, :], other=0.0).to(tl.float64)
-                    dot = tl.dot(xv, tl.trans(ev), dot, input_precision="ieee")
+                dot = _outer_product_sum(X, x_rs, x_cs, rows, flagged, EO, eo_rs, eo_cs, cols, cmask, D,
+                                         BLOCK_M, BLOCK_N)
                 enorm = tl.load(NORM + cols, mask=cmask, other=0.0)
                 d = _distance(dot, xsq[:, None], enorm[None, :], METRIC)
                 isnan = d != d
