@@ -25,6 +25,7 @@ from pyprobtf.ops import BackendUnavailableError, available_backends, vq_nearest
 from pyprobtf.ops._backends import triton_interpreting
 from pyprobtf.ops.vq_nearest import cpp_isa_levels, forced_cpp_isa
 from pyprobtf.testing import DTYPES, LAYOUTS, make_tensor
+from pyprobtf.testing.ops import check_vq_nearest, check_vq_nearest_result
 
 METRICS = ("l2", "cosine", "dot")
 HAS_CUDA = torch.cuda.is_available()
@@ -45,67 +46,8 @@ def run(x, codebook, backend, isa=0, **kwargs):
     return vq_nearest(x, codebook, backend=backend, **kwargs)
 
 
-# ----------------------------------------------------------------------------- the contract
-
-
-def contract_tolerance(x64: torch.Tensor, e64: torch.Tensor, metric: str) -> torch.Tensor:
-    """Per-row tolerance of docs/ARCHITECTURE.md: 8 * 2^-24 * (|x|^2 + max |e|^2).
-
-    For cosine, distances are those of unit vectors (|x^|^2 + max |e^|^2 = 2)
-    halved, so the same rule gives 8 * 2^-24.
-    """
-    if metric == "cosine":
-        return torch.full((x64.shape[0],), 8 * 2.0**-24, dtype=torch.float64)
-    emax = (e64 * e64).sum(1).max() if e64.shape[0] else torch.tensor(0.0, dtype=torch.float64)
-    return 8 * 2.0**-24 * ((x64 * x64).sum(1) + emax)
-
-
-def check_against_brute_force(x, codebook, indices, dist, metric, k, exact_gap=1e-9):
-    """Assert the contract for (indices, dist) from x and codebook.
-
-    For every position i < k of every row: the returned code's float64 distance
-    is within the tolerance of the i-th smallest float64 distance, and the code
-    is the float64 one wherever both gaps around position i exceed the
-    tolerance. The backends here re-score in float64, so they are also held to
-    exactness wherever the gaps exceed ``exact_gap`` times the row's scale.
-    """
-    n, codes = x.shape[0], codebook.shape[0]
-    shape = (n,) if k == 1 else (n, k)
-    assert indices.shape == shape and dist.shape == shape, (indices.shape, dist.shape, shape)
-    assert indices.dtype == torch.int64 and dist.dtype == torch.float32
-    assert indices.device == x.device and dist.device == x.device
-    if n == 0:
-        return
-    x64, e64 = x.detach().double().cpu(), codebook.detach().double().cpu()
-    idx, got = indices.cpu().reshape(n, k), dist.cpu().reshape(n, k).double()
-    assert bool(((idx >= 0) & (idx < codes)).all()), "index out of range"
-    if k > 1:
-        assert bool((idx.sort(1).values.diff(1) != 0).all()), "a code returned twice in one row"
-    d64 = reference.vq_distances(x64, e64, metric)
-    sorted_d, sorted_idx = torch.sort(d64, dim=1, stable=True)
-    tol = contract_tolerance(x64, e64, metric)[:, None]
-    mine = d64.gather(1, idx)
-    want = sorted_d[:, :k]
-    finite = want.isfinite()
-    # Distances of the returned codes: within tolerance of the k smallest, in order.
-    err = torch.where(finite, (mine - want).abs(), torch.zeros_like(mine))
-    bad = err > tol
-    assert not bad.any(), f"{int(bad.sum())} codes beyond the contract's tolerance; worst {float((err - tol).max())}"
-    if k > 1:
-        assert bool((mine[:, 1:] >= mine[:, :-1] - tol).all() | ~finite[:, 1:].all()), "not ordered by distance"
-    # The float32 distances returned are those codes' distances.
-    derr = (got - mine).abs()
-    dbad = finite & (derr > tol + 2.0**-23 * mine.abs())
-    assert not dbad.any(), f"dist off by {float(derr[dbad].max())}"
-    assert torch.equal(got.isnan(), mine.isnan())
-    # Exact indices wherever the gaps to the neighbouring ranks exceed the tolerance.
-    padded = torch.cat([torch.full((n, 1), -math.inf, dtype=torch.float64), sorted_d,
-                        torch.full((n, 1), math.inf, dtype=torch.float64)], 1)
-    gap_before = padded[:, 1 : k + 1] - padded[:, :k]
-    gap_after = padded[:, 2 : k + 2] - padded[:, 1 : k + 1]
-    for threshold in (tol, exact_gap * (tol / (8 * 2.0**-24))):
-        clear = finite & (gap_before > threshold) & (gap_after > threshold)
-        assert torch.equal(idx[clear], sorted_idx[:, :k][clear]), "an index differs where the float64 gap is clear"
+# The contract check itself lives in pyprobtf.testing.ops, shared with `pyprobtf check`.
+check_against_brute_force = check_vq_nearest_result
 
 
 case = st.fixed_dictionaries(
@@ -138,12 +80,11 @@ triton_case = st.fixed_dictionaries(
 )
 
 
-def check_case(backend, device, dtype, n, codes, dim, k, metric, x_layout, e_layout, seed, isa=0, precision="exact"):
-    k = min(k, codes)
-    x = make_tensor((n, dim), dtype, x_layout, seed=seed, device=device)
-    e = make_tensor((codes, dim), dtype, e_layout, seed=seed + 1, device=device)
-    indices, dist = run(x, e, backend, isa, metric=metric, k=k, precision=precision)
-    check_against_brute_force(x, e, indices, dist, metric, k)
+def check_case(backend, device, isa=0, **case):
+    if backend == "cpp" and isa:
+        with forced_cpp_isa(isa):
+            return check_vq_nearest(backend, device, **case)
+    return check_vq_nearest(backend, device, **case)
 
 
 # ----------------------------------------------------------------------------- backends vs brute force
