@@ -12,8 +12,8 @@ backends scan the codebook in float32 (float64 for float64 data) with fused
 running selection, keep per row only the codes within twice a rigorous
 rounding-error bound of the k-th best, and re-score those in float64: the
 answer is the float64 answer, at the speed of a float32 matrix multiply and
-with O(N k + K) extra memory. ``precision="fast"`` lets GPU backends scan
-with TF32 tensor cores; the exact re-scoring keeps the same guarantee.
+with O(N k + K) extra memory. ``precision="fast"`` lets the Triton backend
+scan with TF32 tensor cores; the exact re-scoring keeps the same guarantee.
 
 Not differentiable: losses are computed from the codebook rows gathered with
 ``indices`` (see :class:`pyprobtf.nn.VectorQuantizer`).
@@ -147,8 +147,9 @@ def vq_nearest(
             ``"cosine"`` (``1 - cos(x, e)``) or ``"dot"`` (``-x.e``).
         k: how many codes per row, ``1 <= k <= K``.
         precision: ``"exact"`` or ``"fast"``. Both return the float64 answer
-            (see below); ``"fast"`` lets GPU backends scan with TF32 tensor
-            cores before the exact re-scoring. On the CPU both are the same.
+            (see below); ``"fast"`` lets the Triton backend scan float32 data
+            with TF32 tensor cores before the exact re-scoring. The other
+            backends run the same code for both.
         backend: ``"auto"`` (the fastest verified backend for the device),
             ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
 
@@ -160,8 +161,9 @@ def vq_nearest(
         ``8 * 2^-24 * (|x|^2 + max |e|^2)``; these backends are exact up to
         float64 rounding). Not differentiable.
 
-    Memory: ``O(N k + K D)``: the codebook is repacked once; distances are
-    reduced as they are computed.
+    Memory: ``O(N k + K D)`` (the codebook is repacked once); distances are
+    reduced as they are computed, never stored. The reference backend works
+    in blocks of rows (at most about 32 MiB of float64 distances at a time).
 
     Example:
         >>> codebook = torch.randn(512, 64)
