@@ -195,6 +195,7 @@ def _tf32_matmul_flops(n, codes, dim, device) -> float:
 def run(device: str = "cpu", quick: bool = False):
     """(rows, columns, notes) of the benchmark on ``device``."""
     min_run_time = 0.1 if quick else 0.5
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     measure_memory = not quick and (device == "cuda" or os.path.exists("/proc/self/clear_refs"))
     threads = torch.get_num_threads()
     rows = []
@@ -264,8 +265,11 @@ def run(device: str = "cpu", quick: bool = False):
         notes.append("peak extra MiB: rise of the peak resident set during one call after a warm-up call, "
                      "each contender in a fresh process.")
     if device == "cpu":
+        load = "" if load_before is None else (
+            f" Load average (1 min) at the start: {load_before:.1f}, at the end: {os.getloadavg()[0]:.1f} "
+            f"on {os.cpu_count()} cores.")
         notes.append("The machine may be shared: compare rows of one run (ratios), and prefer the 1-thread rows "
-                     "for per-core speed.")
+                     "for per-core speed." + load)
     return rows, columns, notes
 
 
