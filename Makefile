@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_affine_coupling.py
+	$(PY) benchmarks/bench_solvers.py
 	$(PY) benchmarks/bench_vq.py
 
 clean:

@@ -10,6 +10,8 @@
 #include <tuple>
 
 #include "pyprobtf/affine_coupling.h"
+#include "pyprobtf/cpu_random.h"
+#include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
 #include "pyprobtf/vq_nearest.h"
 
@@ -73,6 +75,32 @@ PYBIND11_MODULE(_C, m) {
                              reinterpret_cast<double*>(uniform));
       },
       "Philox words, tl.randn normals and 53-bit uniforms for int64 seed/counter arrays (testing).");
+
+  m.def(
+      "lincomb",
+      [](const std::vector<MatArg>& inputs, const std::vector<double>& coeffs, const std::vector<VecArg>& coeff_rows,
+         MatArg out, int64_t rows, int64_t cols, int dtype, bool noise, double noise_std, VecArg noise_std_rows,
+         int64_t seed, VecArg seed_rows, int64_t offset, int num_threads) {
+        const ptf::LincombArgs a = ptf::make_lincomb_args(inputs, coeffs, coeff_rows, out, rows, cols, dtype, noise,
+                                                          noise_std, noise_std_rows, seed, seed_rows, offset);
+        py::gil_scoped_release release;
+        ptf::lincomb_cpu(a, num_threads);
+      },
+      py::arg("inputs"), py::arg("coeffs"), py::arg("coeff_rows"), py::arg("out"), py::arg("rows"), py::arg("cols"),
+      py::arg("dtype"), py::arg("noise"), py::arg("noise_std"), py::arg("noise_std_rows"), py::arg("seed"),
+      py::arg("seed_rows"), py::arg("offset"), py::arg("num_threads"),
+      "out = sum_k coeffs[k] * inputs[k] + noise_std * eps (Philox normals drawn in the kernel).");
+
+  m.def(
+      "philox_words",
+      [](int isa, int64_t seed, int64_t counter, int64_t n, uintptr_t w0, uintptr_t w1) {
+        py::gil_scoped_release release;
+        return ptf::cpu::philox_words_isa(static_cast<ptf::cpu::PhiloxIsa>(isa), static_cast<uint64_t>(seed),
+                                          static_cast<uint64_t>(counter), n, reinterpret_cast<uint32_t*>(w0),
+                                          reinterpret_cast<uint32_t*>(w1));
+      },
+      "Philox words 0 and 1 of counters counter .. counter + n - 1 with a chosen implementation (0 auto, "
+      "1 portable, 2 AVX2, 3 AVX-512); False when this CPU lacks it (testing).");
 
   m.def(
       "vq_nearest",

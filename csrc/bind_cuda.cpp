@@ -10,9 +10,11 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "pyprobtf/affine_coupling.h"
 #include "pyprobtf/cuda_runtime_info.h"
+#include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
 #include "pyprobtf/vq_nearest.h"
 
@@ -89,6 +91,20 @@ PYBIND11_MODULE(_C_cuda, m) {
                                     reinterpret_cast<double*>(uniform), ptr(stream)));
       },
       "Philox words, tl.randn normals and 53-bit uniforms for int64 seed/counter device arrays (testing).");
+
+  m.def(
+      "lincomb",
+      [](const std::vector<MatArg>& inputs, const std::vector<double>& coeffs, const std::vector<VecArg>& coeff_rows,
+         MatArg out, int64_t rows, int64_t cols, int dtype, bool noise, double noise_std, VecArg noise_std_rows,
+         int64_t seed, VecArg seed_rows, int64_t offset, uintptr_t stream) {
+        const ptf::LincombArgs a = ptf::make_lincomb_args(inputs, coeffs, coeff_rows, out, rows, cols, dtype, noise,
+                                                          noise_std, noise_std_rows, seed, seed_rows, offset);
+        check(ptf::lincomb_cuda(a, ptr(stream)));
+      },
+      py::arg("inputs"), py::arg("coeffs"), py::arg("coeff_rows"), py::arg("out"), py::arg("rows"), py::arg("cols"),
+      py::arg("dtype"), py::arg("noise"), py::arg("noise_std"), py::arg("noise_std_rows"), py::arg("seed"),
+      py::arg("seed_rows"), py::arg("offset"), py::arg("stream"),
+      "out = sum_k coeffs[k] * inputs[k] + noise_std * eps (Philox normals drawn in the kernel).");
 
   m.def("vq_nearest_workspace_bytes", &ptf::vq_nearest_cuda_workspace_bytes, py::arg("rows"), py::arg("codes"),
         py::arg("dim"), py::arg("k"));

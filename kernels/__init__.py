@@ -7,6 +7,14 @@ kernels run only under Triton's interpreter (TRITON_INTERPRET=1 set before
 triton is imported).
 """
 
-from pyprobtf.kernels import affine_coupling, vq_nearest
+from pyprobtf.kernels import affine_coupling
 
-__all__ = ["affine_coupling", "vq_nearest"]
+__all__ = ["affine_coupling"]
+
+from pyprobtf.kernels import lincomb  # noqa: E402
+
+__all__ += ["lincomb"]
+
+from pyprobtf.kernels import vq_nearest  # noqa: E402
+
+__all__ += ["vq_nearest"]

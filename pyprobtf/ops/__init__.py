@@ -5,6 +5,13 @@ See :func:`available_backends` for what runs on this machine.
 
 from pyprobtf.ops._backends import BackendStatus, BackendUnavailableError, available_backends
 from pyprobtf.ops.affine_coupling import affine_coupling
-from pyprobtf.ops.vq_nearest import vq_nearest
 
-__all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "available_backends", "vq_nearest"]
+__all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "available_backends"]
+
+from pyprobtf.ops.lincomb import lincomb  # noqa: E402
+
+__all__ += ["lincomb"]
+
+from pyprobtf.ops.vq_nearest import vq_nearest  # noqa: E402
+
+__all__ += ["vq_nearest"]

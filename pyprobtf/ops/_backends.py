@@ -37,6 +37,8 @@ GPU_BACKENDS = ("triton", "cuda")
 GPU_VERIFIED: dict[tuple[str, str], tuple[str, ...]] = {
     ("affine_coupling", "triton"): (),
     ("affine_coupling", "cuda"): (),
+    ("lincomb", "triton"): (),
+    ("lincomb", "cuda"): (),
     ("vq_nearest", "triton"): (),
     ("vq_nearest", "cuda"): (),
 }

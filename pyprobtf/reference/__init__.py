@@ -6,6 +6,13 @@ and every other backend is tested against them.
 """
 
 from pyprobtf.reference.affine_coupling import affine_coupling, affine_coupling_backward
-from pyprobtf.reference.vq_nearest import vq_distances, vq_nearest
 
-__all__ = ["affine_coupling", "affine_coupling_backward", "vq_distances", "vq_nearest"]
+__all__ = ["affine_coupling", "affine_coupling_backward"]
+
+from pyprobtf.reference.lincomb import lincomb  # noqa: E402
+
+__all__ += ["lincomb"]
+
+from pyprobtf.reference.vq_nearest import vq_distances, vq_nearest  # noqa: E402
+
+__all__ += ["vq_distances", "vq_nearest"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from pyprobtf import reference
-from pyprobtf.ops import affine_coupling, available_backends, vq_nearest
+from pyprobtf.ops import affine_coupling, available_backends
 from pyprobtf.reference.affine_coupling import log_multiplier
 from pyprobtf.testing.checks import assert_close, tolerance
 from pyprobtf.testing.strategies import make_tensor
@@ -171,6 +171,103 @@ def _affine_coupling_cases(backend, device, dtype):
                     yield lambda args=args: check_affine_coupling_backward(*args)
 
 
+# ----------------------------------------------------------------------------- lincomb
+
+# Box-Muller in float32 on different log/cos implementations: the backends' normals agree
+# up to that rounding (|eps| < 5.7: a few ulp of the radius and of the cosine).
+LINCOMB_NOISE_ATOL = 2e-6
+_LINCOMB_NUMBER_COEFFS = (1.0, -0.75, 2.5, -0.125)
+
+
+def _lincomb_inputs(dtype, shape, n, layouts, coeff_tensors, noise, seed_kind, seed, device, ex_seed):
+    coeff_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    tensors = [make_tensor(shape, dtype, layouts[k], seed=ex_seed + k, device=device) for k in range(n)]
+    batch = shape[0]
+    coeffs = [make_tensor((batch,), coeff_dtype, seed=ex_seed + 10 + k, device=device) if coeff_tensors[k]
+              else _LINCOMB_NUMBER_COEFFS[k] for k in range(n)]
+    if noise == "none":
+        noise_std = 0.0
+    elif noise == "number":
+        noise_std = 0.7
+    else:
+        noise_std = make_tensor((batch,), coeff_dtype, seed=ex_seed + 20, low=0.0, high=1.5, device=device)
+    if seed_kind == "tensor":
+        gen = torch.Generator().manual_seed(ex_seed)
+        seed = torch.randint(-(2**62), 2**62, (batch,), generator=gen, dtype=torch.int64).to(device)
+    return tensors, coeffs, noise_std, seed
+
+
+def _lincomb_expected(tensors, coeffs, noise_std, seed, offset):
+    """The float64 reference, the scale of the terms it adds (rounding errors scale with those), and the
+    extra absolute tolerance of the noise's float32 rounding."""
+    from pyprobtf.reference.lincomb import noise as reference_noise
+
+    t64 = [t.double().cpu() for t in tensors]
+    c64 = [c.double().cpu() if isinstance(c, torch.Tensor) else c for c in coeffs]
+    shape = t64[0].shape
+    rows = (shape[0],) + (1,) * (len(shape) - 1)
+
+    def per_row(c):
+        return c.reshape(rows) if isinstance(c, torch.Tensor) else c
+
+    s64 = noise_std.double().cpu() if isinstance(noise_std, torch.Tensor) else noise_std
+    seed_cpu = seed.cpu() if isinstance(seed, torch.Tensor) else seed
+    noisy = isinstance(noise_std, torch.Tensor) or noise_std != 0
+    want = reference.lincomb(t64, c64, s64, seed_cpu if noisy else None, offset)
+    scale = sum((per_row(c) * t).abs() for c, t in zip(c64, t64))
+    if not noisy:
+        return want, scale, 0.0
+    eps = reference_noise(shape, seed_cpu, offset).double()
+    sigma = per_row(s64).abs() if isinstance(s64, torch.Tensor) else abs(s64)
+    return want, scale + sigma * eps.abs(), sigma * LINCOMB_NOISE_ATOL
+
+
+def check_lincomb(backend, device, dtype, shape, n, layouts, coeff_tensors, noise, seed_kind, seed, offset,
+                  out_kind, ex_seed=0):
+    """One case of lincomb against the float64 reference.
+
+    ``n`` inputs with ``layouts``; ``coeff_tensors[k]``: per-row coefficient tensor or a number;
+    ``noise``: "none", "number" or "tensor" (per-row scale); ``seed_kind``: "int" (``seed``) or
+    "tensor" (per-row seeds); ``out_kind``: "new", "alias" (in place into the first input) or
+    "strided" (a transposed ``out``).
+    """
+    from pyprobtf.ops import lincomb
+
+    tensors, coeffs, noise_std, seed = _lincomb_inputs(dtype, shape, n, layouts, coeff_tensors, noise, seed_kind,
+                                                       seed, device, ex_seed)
+    want, scale, noise_atol = _lincomb_expected(tensors, coeffs, noise_std, seed, offset)
+    out = None
+    if out_kind == "alias":
+        out = tensors[0]
+    elif out_kind == "strided":
+        out = make_tensor(shape, dtype, "transposed", seed=99, device=device)
+    got = lincomb(tensors, coeffs, noise_std=noise_std, seed=seed, offset=offset, out=out, backend=backend)
+    assert got is out if out is not None else got.is_contiguous()
+    assert got.shape == tuple(shape) and got.dtype == dtype and got.device.type == torch.device(device).type
+    rtol, atol = tolerance(dtype)
+    assert_close(got, want, rtol=rtol, atol=atol, scale=scale + noise_atol / rtol, what=f"lincomb[{backend}]")
+
+
+@register("lincomb")
+def _lincomb_cases(backend, device, dtype):
+    small = backend == "triton" and device == "cpu"  # the interpreter is slow
+    shapes = [(5, 7), (1, 1), (0, 3), (3, 2, 5), (40, 1)] + ([] if small else [(17, 300), (2, 5000)])
+    layouts = [("contiguous",) * 4, ("sliced", "transposed", "offset", "contiguous")]
+    seed = 0
+    for shape in shapes:
+        for layout in layouts:
+            for n, coeff_tensors, noise, seed_kind, out_kind in [
+                (1, (False,) * 4, "none", "int", "new"),
+                (2, (False, True, False, False), "number", "int", "alias"),
+                (3, (True, False, True, False), "tensor", "tensor", "new"),
+                (4, (False, False, False, True), "number", "tensor", "strided"),
+            ]:
+                seed += 1
+                args = (backend, device, dtype, shape, n, layout, coeff_tensors, noise, seed_kind, 2**40 + seed,
+                        2**33 + seed, out_kind, seed)
+                yield lambda args=args: check_lincomb(*args)
+
+
 # ----------------------------------------------------------------------------- vq_nearest
 
 
@@ -231,6 +328,8 @@ def check_vq_nearest_result(x, codebook, indices, dist, metric, k, exact_gap=1e-
 
 def check_vq_nearest(backend, device, dtype, n, codes, dim, k, metric, x_layout, e_layout, seed, precision="exact"):
     """One vq_nearest case against the float64 brute force (:func:`check_vq_nearest_result`)."""
+    from pyprobtf.ops import vq_nearest
+
     k = min(k, codes)
     x = make_tensor((n, dim), dtype, x_layout, seed=seed, device=device)
     e = make_tensor((codes, dim), dtype, e_layout, seed=seed + 1, device=device)

@@ -1,0 +1,487 @@
+"""lincomb: the fused solver-step update, with Gaussian noise drawn inside the kernel.
+
+``out = lincomb(tensors, coeffs, noise_std=..., seed=...)`` computes::
+
+    out = coeffs[0] * tensors[0] + ... + coeffs[n-1] * tensors[n-1] + noise_std * eps
+
+for 1 to 4 tensors of one shape ``(B, ...)`` in ONE pass over memory (the
+inputs read once, the output written once), where each coefficient and
+``noise_std`` is a Python number or a ``(B,)`` tensor (one value per row), and
+``eps`` is a standard normal drawn from the counter-based Philox stream of
+docs/ARCHITECTURE.md inside the kernel: it is never stored, and it is the same
+on every backend and device up to float rounding. Every step of every solver in
+:mod:`pyprobtf.solvers` is one or two calls of it.
+
+The op is differentiable in the tensors, the coefficient tensors and a
+``noise_std`` tensor (gradients are lincombs and row sums). Eager calls on
+plain tensors go through a ``torch.autograd.Function`` (or straight to the
+kernel when nothing needs a gradient); ``torch.compile``, fake tensors and
+functorch transforms go through the custom ops ``torch.ops.pyprobtf.lincomb``
+and ``torch.ops.pyprobtf.lincomb_out`` (for ``out=``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+
+from pyprobtf import reference
+from pyprobtf.ops import _backends, _native, _validate
+from pyprobtf.reference.lincomb import signed_int64
+
+OP = "lincomb"
+MAX_INPUTS = 4
+_INT64_MIN, _UINT64_END = -(1 << 63), 1 << 64
+_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+# Order `auto` tries on each device type, fastest first, as measured by
+# benchmarks/bench_solvers.py (benchmarks/results/solvers-*.md).
+# On CUDA only GPU-verified backends are taken (see _backends.GPU_VERIFIED).
+_backends.register_op(OP, {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")})
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _row_shape(shape) -> tuple[int, int]:
+    """(B, F): the (rows, columns) view every backend works on."""
+    return shape[0], math.prod(shape[1:])
+
+
+# ----------------------------------------------------------------------------- backends
+# Each launcher fills `out2`, a (B, F) view of the output, from (B, F) views of the inputs.
+# Per-row coefficient and noise tensors arrive in the compute dtype, seeds as int64.
+
+_NO_VEC = (0, 0)
+
+
+def _vec_or_none(t):
+    return _NO_VEC if t is None else _native.vec(t)
+
+
+def _launch_cpp(rows, cv, ct, out2, noise, nv, nt, sv, st, offset):
+    _backends.cpp_module().lincomb(
+        [_native.mat(r) for r in rows], cv, [_vec_or_none(c) for c in ct], _native.mat(out2),
+        out2.shape[0], out2.shape[1], _native.DTYPE_CODES[out2.dtype], noise, nv, _vec_or_none(nt),
+        sv, _vec_or_none(st), offset, _native.num_threads(),
+    )
+
+
+def _launch_cuda(rows, cv, ct, out2, noise, nv, nt, sv, st, offset):
+    _backends.cuda_module().lincomb(
+        [_native.mat(r) for r in rows], cv, [_vec_or_none(c) for c in ct], _native.mat(out2),
+        out2.shape[0], out2.shape[1], _native.DTYPE_CODES[out2.dtype], noise, nv, _vec_or_none(nt),
+        sv, _vec_or_none(st), offset, _native.cuda_stream(out2),
+    )
+
+
+def _launch_triton(rows, cv, ct, out2, noise, nv, nt, sv, st, offset):
+    _backends.triton_kernels().lincomb.lincomb(rows, cv, ct, out2, noise, nv, nt, sv, st, offset)
+
+
+_LAUNCH = {"cpp": _launch_cpp, "cuda": _launch_cuda, "triton": _launch_triton}
+
+
+def _has_noise(noise_value: float, noise_tensor) -> bool:
+    return noise_tensor is not None or noise_value != 0.0
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _same_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` (one shape) are the same view: element i of one is element i of the other."""
+    if a.data_ptr() != b.data_ptr():
+        return False
+    return all(sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()) if n > 1)
+
+
+def _direct_target(out: torch.Tensor, inputs: Sequence[torch.Tensor], others: Sequence) -> torch.Tensor | None:
+    """A (B, F) view through which the kernel may write ``out`` directly, or None.
+
+    Direct writes need a view (not a copy) and no input that overlaps ``out``
+    other than exactly (the same elements: an in-place update is safe element
+    by element). Otherwise the kernel writes a fresh tensor that is copied in.
+    """
+    try:
+        out2 = out.view(_row_shape(out.shape))
+    except RuntimeError:
+        return None
+    for t in inputs:
+        if _shares_memory(t, out) and not _same_elements(t, out):
+            return None
+    for t in others:
+        if t is not None and _shares_memory(t, out):
+            return None
+    return out2
+
+
+def _compute(tensors, cv, ct, nv, nt, sv, st, offset, backend, out=None):
+    """The op on validated, normalised arguments; fills and returns ``out`` (a new tensor when None)."""
+    first = tensors[0]
+    name = _backends.resolve(OP, backend, first.device.type)
+    noise = _has_noise(nv, nt)
+    if name == "reference":
+        coeffs = [c if c is not None else v for v, c in zip(cv, ct)]
+        result = reference.lincomb(
+            tensors, coeffs, nt if nt is not None else nv, (st if st is not None else sv) if noise else None, offset
+        )
+        if out is None:
+            return result.contiguous()
+        return out.copy_(result)
+    others = [*ct, nt, st]
+    target = None if out is None else _direct_target(out, tensors, others)
+    if target is None:
+        fresh = torch.empty(first.shape, dtype=first.dtype, device=first.device)
+        target = fresh.view(_row_shape(first.shape))
+    rows_, cols = target.shape
+    if rows_ > 0 and cols > 0:
+        compute = _compute_dtype(first.dtype)
+        ct_c = [None if c is None else c.to(compute) for c in ct]
+        nt_c = None if nt is None else nt.to(compute)
+        st_c = None if st is None else st.to(torch.int64)
+        inputs = [_native.rows(t) for t in tensors]
+        out2 = target
+        if all(c is None for c in ct) and nt is None and st is None and \
+                all(t.is_contiguous() for t in (*inputs, target)):
+            # Nothing differs between rows: one long row (flat index i = r * F + c keeps its
+            # noise counter), so short rows cost no per-row overhead.
+            inputs = [t.view(1, -1) for t in inputs]
+            out2 = target.view(1, -1)
+        _LAUNCH[name](inputs, list(cv), ct_c, out2, noise, nv, nt_c, sv, st_c, offset)
+    result = target.view(first.shape)
+    if out is None:
+        return result
+    if result.data_ptr() != out.data_ptr() or not _same_elements(result, out):
+        out.copy_(result)
+    return out
+
+
+# ----------------------------------------------------------------------------- custom ops
+# The path torch.compile, fake tensors and torch.library.opcheck see. Coefficients
+# travel as numbers (`coeff_values`, 0 where a tensor is used) plus the list of
+# coefficient tensors and the input index each applies to (`coeff_slots`): a
+# list mixing tensors and None would hide its tensors from autograd.
+
+
+def _expand(n: int, coeff_tensors, coeff_slots) -> list:
+    ct = [None] * n
+    for t, k in zip(coeff_tensors, coeff_slots):
+        ct[k] = t
+    return ct
+
+
+def _compact(ct) -> tuple[list, list]:
+    slots = [k for k, c in enumerate(ct) if c is not None]
+    return [ct[k] for k in slots], slots
+
+
+@torch.library.custom_op("pyprobtf::lincomb", mutates_args=())
+def _lincomb_op(
+    tensors: Sequence[torch.Tensor], coeff_values: Sequence[float], coeff_tensors: Sequence[torch.Tensor],
+    coeff_slots: Sequence[int], noise_value: float, noise_tensor: Optional[torch.Tensor], seed_value: int,
+    seed_tensor: Optional[torch.Tensor], offset: int, backend: str,
+) -> torch.Tensor:
+    ct = _expand(len(tensors), coeff_tensors, coeff_slots)
+    return _compute(list(tensors), list(coeff_values), ct, noise_value, noise_tensor, seed_value, seed_tensor, offset,
+                    backend)
+
+
+@_lincomb_op.register_fake
+def _(tensors, coeff_values, coeff_tensors, coeff_slots, noise_value, noise_tensor, seed_value, seed_tensor, offset,
+      backend):
+    first = tensors[0]
+    return torch.empty(first.shape, dtype=first.dtype, device=first.device)
+
+
+@torch.library.custom_op("pyprobtf::lincomb_out", mutates_args=("out",))
+def _lincomb_out_op(
+    tensors: Sequence[torch.Tensor], coeff_values: Sequence[float], coeff_tensors: Sequence[torch.Tensor],
+    coeff_slots: Sequence[int], noise_value: float, noise_tensor: Optional[torch.Tensor], seed_value: int,
+    seed_tensor: Optional[torch.Tensor], offset: int, backend: str, out: torch.Tensor,
+) -> None:
+    ct = _expand(len(tensors), coeff_tensors, coeff_slots)
+    _compute(list(tensors), list(coeff_values), ct, noise_value, noise_tensor, seed_value, seed_tensor, offset,
+             backend, out)
+
+
+@_lincomb_out_op.register_fake
+def _(tensors, coeff_values, coeff_tensors, coeff_slots, noise_value, noise_tensor, seed_value, seed_tensor, offset,
+      backend, out):
+    return None
+
+
+def _row_sum(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """sum over each row of a * b, in the compute dtype, returned as ``dtype`` (B,)."""
+    compute = _compute_dtype(a.dtype)
+    prod = a.to(compute) * b.to(compute)
+    return prod.reshape(_row_shape(prod.shape)).sum(1).to(dtype)
+
+
+def _gradients(g, tensors, cv, ct, nt, sv, st, offset, backend, needs, op):
+    """Gradients for (tensors..., coeff tensors (None where a number)..., noise tensor).
+
+    ``needs`` has a flag per entry of that list. ``op(tensors, cv, ct, nv, nt, sv, st,
+    offset, backend)`` computes a lincomb through a differentiable path, so that the
+    gradients can be differentiated again (create_graph=True).
+    """
+    n = len(tensors)
+    grads = []
+    for k in range(n):
+        if not needs[k]:
+            grads.append(None)
+        elif ct[k] is None and cv[k] == 1.0:
+            grads.append(g)
+        elif ct[k] is None:
+            grads.append(op([g], [cv[k]], [None], 0.0, None, 0, None, 0, backend))
+        else:
+            grads.append(op([g], [0.0], [ct[k]], 0.0, None, 0, None, 0, backend))
+    for k in range(n):
+        grads.append(_row_sum(g, tensors[k], ct[k].dtype) if needs[n + k] and ct[k] is not None else None)
+    if needs[2 * n] and nt is not None:
+        # The eps that was added: a lincomb of zeros with unit noise, in the compute dtype.
+        zeros = torch.zeros(g.shape, dtype=_compute_dtype(g.dtype), device=g.device)
+        eps = op([zeros], [0.0], [None], 1.0, None, sv, st, offset, backend)
+        grads.append(_row_sum(g, eps, nt.dtype))
+    else:
+        grads.append(None)
+    return grads
+
+
+def _op_call(tensors, cv, ct, nv, nt, sv, st, offset, backend):
+    return _lincomb_op(tensors, cv, *_compact(ct), nv, nt, sv, st, offset, backend)
+
+
+def _setup_context(ctx, inputs, output):
+    tensors, cv, coeff_tensors, coeff_slots, nv, nt, sv, st, offset, backend = inputs
+    ctx.n, ctx.slots = len(tensors), list(coeff_slots)
+    ctx.has_nt, ctx.has_st = nt is not None, st is not None
+    ctx.save_for_backward(*tensors, *coeff_tensors, *([nt] if nt is not None else []),
+                          *([st] if st is not None else []))
+    ctx.options = (list(cv), sv, offset, backend)
+
+
+def _op_backward(ctx, g):
+    n, slots = ctx.n, ctx.slots
+    saved = list(ctx.saved_tensors)
+    tensors, coeff_tensors, rest = saved[:n], saved[n:n + len(slots)], saved[n + len(slots):]
+    nt = rest.pop(0) if ctx.has_nt else None
+    st = rest.pop(0) if ctx.has_st else None
+    cv, sv, offset, backend = ctx.options
+    ct = _expand(n, coeff_tensors, slots)
+    need_t, need_c, need_n = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[5]
+    need_t = list(need_t) if isinstance(need_t, (list, tuple)) else [bool(need_t)] * n
+    need_c = list(need_c) if isinstance(need_c, (list, tuple)) else [bool(need_c)] * len(slots)
+    need_ct = [False] * n
+    for k, flag in zip(slots, need_c):
+        need_ct[k] = flag
+    grads = _gradients(g, tensors, cv, ct, nt, sv, st, offset, backend, need_t + need_ct + [bool(need_n)], _op_call)
+    coeff_grads = [grads[n + k] for k in slots]
+    # An empty list argument is an empty node of autograd's input structure (not a leaf):
+    # its "gradient" must be an empty list too.
+    slots_grad = [] if not slots else None
+    return grads[:n], None, coeff_grads, slots_grad, None, grads[2 * n], None, None, None, None
+
+
+_lincomb_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- eager path
+
+
+def _eager_call(tensors, cv, ct, nv, nt, sv, st, offset, backend):
+    return _dispatch(tensors, cv, ct, nv, nt, sv, st, offset, backend, out=None)
+
+
+class _Lincomb(torch.autograd.Function):
+    # apply(n, cv, nv, sv, offset, backend, *tensors, *coeff_tensors, noise_tensor, seed_tensor)
+
+    @staticmethod
+    def forward(ctx, n, cv, nv, sv, offset, backend, *args):
+        tensors, ct, nt, st = list(args[:n]), list(args[n:2 * n]), args[2 * n], args[2 * n + 1]
+        ctx.n = n
+        ctx.options = (cv, nv, sv, offset, backend)
+        ctx.has_ct = [c is not None for c in ct]
+        ctx.save_for_backward(*tensors, *[c for c in ct if c is not None], *([nt] if nt is not None else []),
+                              *([st] if st is not None else []))
+        ctx.has_nt, ctx.has_st = nt is not None, st is not None
+        return _compute(tensors, cv, ct, nv, nt, sv, st, offset, backend)
+
+    @staticmethod
+    def backward(ctx, g):
+        n = ctx.n
+        saved = list(ctx.saved_tensors)
+        tensors = saved[:n]
+        rest = saved[n:]
+        ct = [rest.pop(0) if has else None for has in ctx.has_ct]
+        nt = rest.pop(0) if ctx.has_nt else None
+        st = rest.pop(0) if ctx.has_st else None
+        cv, _, sv, offset, backend = ctx.options
+        needs = list(ctx.needs_input_grad[6:6 + 2 * n + 1])
+        grads = _gradients(g, tensors, cv, ct, nt, sv, st, offset, backend, needs, _eager_call)
+        return (None,) * 6 + tuple(grads) + (None,)
+
+
+def _needs_grad(tensors, ct, nt) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in (*tensors, *ct, nt))
+
+
+def _dispatch(tensors, cv, ct, nv, nt, sv, st, offset, backend, out):
+    """Route normalised arguments to the custom op, the autograd.Function or the kernel."""
+    all_tensors = [*tensors, *[c for c in ct if c is not None], *[t for t in (nt, st, out) if t is not None]]
+    if _backends.use_custom_op(*all_tensors):
+        if out is None:
+            return _lincomb_op(tensors, cv, *_compact(ct), nv, nt, sv, st, offset, backend)
+        _lincomb_out_op(tensors, cv, *_compact(ct), nv, nt, sv, st, offset, backend, out)
+        return out
+    if out is None and _needs_grad(tensors, ct, nt):
+        return _Lincomb.apply(len(tensors), tuple(cv), nv, sv, offset, backend, *tensors, *ct, nt, st)
+    return _compute(tensors, cv, ct, nv, nt, sv, st, offset, backend, out)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _is_real_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _per_row(name: str, value, batch: int, ref: torch.Tensor, *, dtypes, kind: str):
+    """A ``(B,)`` tensor of ``dtypes`` on ``ref``'s device."""
+    if value.dtype not in dtypes:
+        raise TypeError(f"{OP}: `{name}` must be {kind} tensor; got dtype {value.dtype}")
+    if value.shape != (batch,):
+        raise ValueError(
+            f"{OP}: `{name}` must be a number or a tensor of shape (B,) = ({batch},), one value per row of "
+            f"`tensors[0]` {tuple(ref.shape)}; got shape {tuple(value.shape)}"
+        )
+    if value.device != ref.device:
+        raise ValueError(f"{OP}: `{name}` must be on the device of `tensors[0]`, {ref.device}; got {value.device}")
+    return value
+
+
+def _number_or_rows(name: str, value, batch: int, ref: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    if isinstance(value, torch.Tensor):
+        return 0.0, _per_row(name, value, batch, ref, dtypes=_validate.FLOAT_DTYPES, kind="a floating-point")
+    if not _is_real_number(value):
+        raise TypeError(f"{OP}: `{name}` must be a real number or a tensor of shape (B,); got {type(value).__name__}")
+    return float(value), None
+
+
+def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
+    """Validate the public arguments; return the custom op's argument list."""
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
+        raise TypeError(f"{OP}: `tensors` must be a list or tuple of 1 to {MAX_INPUTS} tensors; "
+                        f"got {type(tensors).__name__}")
+    if not 1 <= len(tensors) <= MAX_INPUTS:
+        raise ValueError(f"{OP}: `tensors` must hold 1 to {MAX_INPUTS} tensors; got {len(tensors)}")
+    tensors = list(tensors)
+    first = _validate.tensor(OP, "tensors[0]", tensors[0], min_dim=1)
+    for k in range(1, len(tensors)):
+        _validate.same_as(OP, f"tensors[{k}]", tensors[k], "tensors[0]", first)
+    if isinstance(coeffs, torch.Tensor) or not isinstance(coeffs, Sequence):
+        raise TypeError(f"{OP}: `coeffs` must be a list or tuple with one coefficient per tensor; "
+                        f"got {type(coeffs).__name__}")
+    if len(coeffs) != len(tensors):
+        raise ValueError(f"{OP}: `coeffs` must have one entry per tensor ({len(tensors)}); got {len(coeffs)}")
+    batch = first.shape[0]
+    cv, ct = [], []
+    for k, c in enumerate(coeffs):
+        value, rows = _number_or_rows(f"coeffs[{k}]", c, batch, first)
+        cv.append(value)
+        ct.append(rows)
+
+    nv, nt = _number_or_rows("noise_std", noise_std, batch, first)
+    if nt is None and not (nv >= 0.0 and math.isfinite(nv)):
+        raise ValueError(f"{OP}: `noise_std` must be non-negative and finite; got {nv}")
+    noise = _has_noise(nv, nt)
+
+    sv, st = 0, None
+    if isinstance(seed, torch.Tensor):
+        st = _per_row("seed", seed, batch, first, dtypes=_INTEGER_DTYPES, kind="an integer")
+    elif seed is None:
+        if noise:  # like torch.randn: reproducible under torch.manual_seed
+            sv = int(torch.randint(_INT64_MIN, (1 << 63) - 1, (), dtype=torch.int64).item())
+    elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if not _INT64_MIN <= int(seed) < _UINT64_END:
+            raise ValueError(f"{OP}: `seed` must be an integer in [-2^63, 2^64); got {seed}")
+        sv = signed_int64(int(seed))
+    else:
+        raise TypeError(f"{OP}: `seed` must be an integer, an integer tensor of shape (B,) or None; "
+                        f"got {type(seed).__name__}")
+
+    if not isinstance(offset, numbers.Integral) or isinstance(offset, bool):
+        raise TypeError(f"{OP}: `offset` must be an integer; got {type(offset).__name__}")
+    if not 0 <= int(offset) < 1 << 63:
+        raise ValueError(f"{OP}: `offset` must be in [0, 2^63); got {offset}")
+
+    if out is not None:
+        _validate.same_as(OP, "out", out, "tensors[0]", first)
+        if any(stride == 0 and size > 1 for size, stride in zip(out.shape, out.stride())):
+            raise ValueError(f"{OP}: `out` must not have several elements in one memory location "
+                             "(e.g. an expanded tensor)")
+        if _needs_grad(tensors, ct, nt):
+            raise RuntimeError(f"{OP}: `out=` does not support automatic differentiation (an input requires "
+                               "grad); call it under torch.no_grad() or without `out`")
+    _validate.choice(OP, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
+    return tensors, cv, ct, nv, nt, sv, st, int(offset)
+
+
+# ----------------------------------------------------------------------------- public op
+
+
+def lincomb(
+    tensors: Sequence[torch.Tensor],
+    coeffs: Sequence[float | torch.Tensor],
+    *,
+    noise_std: float | torch.Tensor = 0.0,
+    seed: int | torch.Tensor | None = None,
+    offset: int = 0,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``sum_i coeffs[i] * tensors[i] + noise_std * eps`` in one pass, with in-kernel Gaussian noise.
+
+    Args:
+        tensors: 1 to 4 tensors of one shape ``(B, ...)``, dtype (float32, float64,
+            float16 or bfloat16; half types are computed in float32) and device; any strides.
+        coeffs: one coefficient per tensor: a number, or a floating-point tensor of
+            shape ``(B,)`` (one value per row) on the tensors' device.
+        noise_std: scale of the added noise: a non-negative number (0: no noise) or
+            a ``(B,)`` tensor (noise is then always drawn).
+        seed: the Philox key of the noise: an integer (element with flat index ``i``
+            gets ``N(seed, offset + i)``), or an integer tensor of shape ``(B,)`` (element
+            ``j`` of row ``b`` gets ``N(seed[b], offset + j)``: noise that does not depend
+            on the batch size or on the other rows). ``None`` draws an integer seed from
+            torch's default generator (pass one explicitly under ``torch.compile``).
+        offset: counter of the first element, in ``[0, 2^63)``. Consecutive draws from one
+            seed use disjoint counters, e.g. ``offset = step * numel`` (``step * row_numel``
+            with per-row seeds).
+        out: write the result here (same shape, dtype and device; may be one of
+            ``tensors`` itself for an in-place update). Not differentiable.
+        backend: ``"auto"`` (the fastest verified backend for the device),
+            ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
+
+    Returns:
+        The result, shaped like ``tensors[0]`` (contiguous), or ``out``.
+
+    ``N(seed, c)`` is ``triton.language.randn(seed, c)``: the noise is identical on
+    every backend and device up to float rounding, and never stored.
+
+    Example:
+        >>> x, d = torch.randn(2, 8, 3, 32, 32).unbind(0)
+        >>> x_next = lincomb([x, d], [1.0, -0.1])                        # Euler step x + h d
+        >>> x_next = lincomb([x, d], [1.0, -0.1], noise_std=0.3, seed=7)  # Euler-Maruyama
+        >>> seeds = torch.arange(8)                                      # batch-invariant noise
+        >>> x_next = lincomb([x, d], [1.0, -0.1], noise_std=0.3, seed=seeds, offset=3 * 3 * 32 * 32)
+    """
+    args = _normalise(tensors, coeffs, noise_std, seed, offset, out, backend)
+    return _dispatch(*args, backend, out)
