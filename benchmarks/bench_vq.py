@@ -21,7 +21,6 @@ Usage: python benchmarks/bench_vq.py [--device cpu|cuda] [--quick] [--out DIR]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
