@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <stdexcept>
+#include <string>
 #include <tuple>
 
 #include "pyprobtf/affine_coupling.h"
@@ -12,6 +14,7 @@
 #include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
 #include "pyprobtf/sampling_args.h"
+#include "pyprobtf/vq_nearest.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -122,4 +125,26 @@ PYBIND11_MODULE(_C, m) {
       py::arg("tokens"), py::arg("logprobs"), py::arg("status"), py::arg("filtered"), py::arg("num_threads"),
       "sample_logits (filtered == 0) or filter_logits (filtered != 0) on CPU; returns the number of rows whose "
       "status is not OK. See pyprobtf/ops/sampling.py.");
+
+  m.def(
+      "vq_nearest",
+      [](MatArg x, MatArg codebook, uintptr_t indices, uintptr_t dist, int64_t rows, int64_t codes, int64_t dim,
+         int64_t k, int dtype, int metric, int isa, int num_threads) {
+        if (rows < 0 || codes < 1 || dim < 0 || k < 1 || k > codes) {
+          throw std::invalid_argument("vq_nearest: need rows >= 0, dim >= 0 and 1 <= k <= codes");
+        }
+        if (isa > ptf::vq_nearest_cpu_best_isa()) {
+          throw std::invalid_argument("vq_nearest: instruction-set level " + std::to_string(isa) +
+                                      " is not supported by this CPU");
+        }
+        ptf::VqNearest a{mat(x), mat(codebook), ptr(indices), ptr(dist), rows, codes, dim, k,
+                         static_cast<ptf::DType>(dtype), static_cast<ptf::VqMetric>(metric)};
+        py::gil_scoped_release release;
+        ptf::vq_nearest_cpu(a, isa, num_threads);
+      },
+      py::arg("x"), py::arg("codebook"), py::arg("indices"), py::arg("dist"), py::arg("rows"), py::arg("codes"),
+      py::arg("dim"), py::arg("k"), py::arg("dtype"), py::arg("metric"), py::arg("isa"), py::arg("num_threads"));
+
+  m.def("vq_nearest_best_isa", &ptf::vq_nearest_cpu_best_isa,
+        "Best instruction-set level of the vq_nearest scan on this CPU: 4 (AVX-512), 3 (AVX2) or 1 (baseline).");
 }

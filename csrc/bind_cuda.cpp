@@ -17,6 +17,7 @@
 #include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
 #include "pyprobtf/sampling_args.h"
+#include "pyprobtf/vq_nearest.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -125,4 +126,18 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("uniform"), py::arg("seed"), py::arg("offset"),
       py::arg("tokens"), py::arg("logprobs"), py::arg("status"), py::arg("filtered"), py::arg("workspace"),
       py::arg("stream"), "sample_logits / filter_logits on CUDA (unverified); see pyprobtf/ops/sampling.py.");
+
+  m.def("vq_nearest_workspace_bytes", &ptf::vq_nearest_cuda_workspace_bytes, py::arg("rows"), py::arg("codes"),
+        py::arg("dim"), py::arg("k"));
+
+  m.def(
+      "vq_nearest",
+      [](MatArg x, MatArg codebook, uintptr_t indices, uintptr_t dist, int64_t rows, int64_t codes, int64_t dim,
+         int64_t k, int dtype, int metric, uintptr_t workspace, uintptr_t stream) {
+        ptf::VqNearest a{mat(x), mat(codebook), ptr(indices), ptr(dist), rows, codes, dim, k,
+                         static_cast<ptf::DType>(dtype), static_cast<ptf::VqMetric>(metric)};
+        check(ptf::vq_nearest_cuda(a, ptr(workspace), ptr(stream)));
+      },
+      py::arg("x"), py::arg("codebook"), py::arg("indices"), py::arg("dist"), py::arg("rows"), py::arg("codes"),
+      py::arg("dim"), py::arg("k"), py::arg("dtype"), py::arg("metric"), py::arg("workspace"), py::arg("stream"));
 }

@@ -18,3 +18,6 @@ __all__ += ["lincomb"]
 from pyprobtf.kernels import sampling  # noqa: E402
 
 __all__ += ["sampling"]
+from pyprobtf.kernels import vq_nearest  # noqa: E402
+
+__all__ += ["vq_nearest"]

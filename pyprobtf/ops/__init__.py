@@ -15,3 +15,6 @@ __all__ += ["lincomb"]
 from pyprobtf.ops.sampling import filter_logits, sample_logits  # noqa: E402
 
 __all__ += ["filter_logits", "sample_logits"]
+from pyprobtf.ops.vq_nearest import vq_nearest  # noqa: E402
+
+__all__ += ["vq_nearest"]

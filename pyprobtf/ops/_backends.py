@@ -43,6 +43,9 @@ GPU_VERIFIED: dict[tuple[str, str], tuple[str, ...]] = {
     ("sample_logits", "cuda"): (),
     ("filter_logits", "triton"): (),
     ("filter_logits", "cuda"): (),
+
+    ("vq_nearest", "triton"): (),
+    ("vq_nearest", "cuda"): (),
 }
 
 # op -> device type -> backends in order of measured speed (fastest first).
