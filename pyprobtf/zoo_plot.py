@@ -47,12 +47,27 @@ def base_colours(z: torch.Tensor):
 
 
 def _pick(states: list, k: int = MAX_INTERMEDIATE) -> list:
-    """The first state, up to ``k`` intermediate ones evenly spread, and the last."""
+    """The first state, ``k`` intermediate ones, and the last.
+
+    Intermediates are where the points have made 1/4, 1/2 and 3/4 of their
+    total (standardised) movement, not evenly spaced solver steps: a diffusion
+    sampler spends most of its steps at noise levels where the picture barely
+    changes.
+    """
     if len(states) <= k + 2:
         return list(states)
-    inner = states[1:-1]
-    idx = [round(i * (len(inner) - 1) / (k - 1)) for i in range(k)] if k > 1 else [len(inner) // 2]
-    return [states[0]] + [inner[i] for i in sorted(set(idx))] + [states[-1]]
+    normed = []
+    for _, s in states:
+        s = s[:, :2].double() if s.shape[1] >= 2 else s.double()
+        normed.append((s - s.mean(0)) / s.std(0).clamp_min(1e-12))
+    moves = torch.tensor([0.0] + [float((b - a).norm(dim=1).mean()) for a, b in zip(normed, normed[1:])])
+    travelled = moves.cumsum(0) / moves.sum().clamp_min(1e-12)
+    picks = []
+    for q in [(i + 1) / (k + 1) for i in range(k)]:
+        idx = int(torch.searchsorted(travelled, torch.tensor(q)).clamp(1, len(states) - 2))
+        if idx not in picks:
+            picks.append(idx)
+    return [states[0]] + [states[i] for i in sorted(picks)] + [states[-1]]
 
 
 def _limits(points: torch.Tensor, margin: float = 0.08):
