@@ -21,7 +21,7 @@ Tempered sampling (``Tempered(model, temperature=0.7, top_p=0.9)``) is shown on
 the 8gaussians row for every family (the "... tempered" rows).
 
 Usage: python benchmarks/bench_families.py [--quick] [--out DIR] [--toy-seconds S] [--digits-seconds S]
-       [--families NAME ...] [--threads N]
+       [--families NAME ...] [--parts toy digits] [--threads N]
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def run_digits(names, seconds, quick, out: Path):
     return rows, notes
 
 
-def run(quick: bool, names, toy_seconds: float, digits_seconds: float, out: Path):
+def run(quick: bool, names, toy_seconds: float, digits_seconds: float, out: Path, parts=("toy", "digits")):
     rows, notes = [], []
     runnable = []
     for name in names:
@@ -165,16 +165,18 @@ def run(quick: bool, names, toy_seconds: float, digits_seconds: float, out: Path
         else:
             runnable.append(name)
     t0 = time.perf_counter()
-    sets = ["8gaussians"] if quick else list(TOY_DATASETS)
-    toy_rows, toy_notes, _ = run_toy(runnable, sets, toy_seconds, quick, out)
-    rows += toy_rows
-    notes += toy_notes
-    try:
-        digit_rows, digit_notes = run_digits(runnable, digits_seconds, quick, out)
-        rows += digit_rows
-        notes += digit_notes
-    except ImportError as exc:
-        notes.append(f"digits skipped: {exc}")
+    if "toy" in parts:
+        sets = ["8gaussians"] if quick else list(TOY_DATASETS)
+        toy_rows, toy_notes, _ = run_toy(runnable, sets, toy_seconds, quick, out)
+        rows += toy_rows
+        notes += toy_notes
+    if "digits" in parts:
+        try:
+            digit_rows, digit_notes = run_digits(runnable, digits_seconds, quick, out)
+            rows += digit_rows
+            notes += digit_notes
+        except ImportError as exc:
+            notes.append(f"digits skipped: {exc}")
     budget = "3 steps each (quick mode)" if quick else (f"fit(max_seconds={toy_seconds:g}) per toy set, "
                                                         f"fit(max_seconds={digits_seconds:g}) on digits")
     notes.append(f"training: {budget}, seed 0, from each family's defaults; {torch.get_num_threads()} CPU thread(s); "
@@ -193,13 +195,14 @@ def main(argv=None) -> int:
     parser.add_argument("--toy-seconds", type=float, default=60.0)
     parser.add_argument("--digits-seconds", type=float, default=120.0)
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--parts", nargs="*", default=["toy", "digits"], choices=["toy", "digits"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out if args.out is not None else _common.RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    rows, columns, notes = run(args.quick, args.families, args.toy_seconds, args.digits_seconds, out)
+    rows, columns, notes = run(args.quick, args.families, args.toy_seconds, args.digits_seconds, out, args.parts)
     info = _common.machine(args.device)
     path = _common.write_results(NAME, args.device, info, rows, columns, notes, out)
     print(_common.markdown_table(rows, columns))
