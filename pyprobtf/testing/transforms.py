@@ -198,43 +198,52 @@ def check_sample_reproducible(model, *, n: int = 64, seed: int = 0, **sample_kwa
     return True
 
 
-def check_op_against_reference(op: Callable, reference: Callable, *args, backends: Sequence[str] | None = None,
+def check_op_against_reference(op: Callable, reference: Callable, *args, backends: Sequence[str] | str | None = None,
                                rtol: float | None = None, atol: float | None = None, **kwargs) -> list[str]:
-    """Every backend of ``op`` against ``reference`` evaluated in float64 on the CPU.
+    """An op against its reference evaluated in float64 on the CPU.
 
-    ``op(*args, backend=name, **kwargs)`` is run for each backend in
-    ``backends`` (default: those :func:`pyprobtf.ops.available_backends` says run
-    on the device of the first tensor argument, leaving out Triton's slow CPU
-    interpreter); ``reference(*args, **kwargs)`` gets float64 CPU copies of the
-    floating-point tensors. Outputs (a tensor or a tuple of tensors) are
-    compared with the tolerances of their dtype (:func:`tolerance`), or
-    ``rtol``/``atol``. Returns the backends checked.
+    ``reference(*args, **kwargs)`` gets float64 CPU copies of the
+    floating-point tensor arguments; ``op(*args, **kwargs)`` gets them as
+    they are, once per backend in ``backends`` (as ``backend=name``): a list
+    of names, ``"available"`` (those :func:`pyprobtf.ops.available_backends`
+    says run on the first tensor's device, leaving out Triton's slow CPU
+    interpreter), or ``None`` (call ``op`` once, without ``backend``: a
+    user's own op). Outputs (a tensor or a tuple of tensors) are compared with
+    the tolerances of their dtype (:func:`tolerance`), or ``rtol``/``atol``.
+    Returns the backends checked (``["default"]`` for ``None``).
+
+    Example:
+        >>> check_op_against_reference(my_op, my_reference, x, y)
+        ['default']
     """
     from pyprobtf.ops import available_backends
     from pyprobtf.ops._backends import triton_interpreting
 
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     device = tensors[0].device.type if tensors else "cpu"
-    if backends is None:
+    if backends == "available":
+        interpreted = device == "cpu" and triton_interpreting()
         backends = [name for name, status in available_backends().items()
-                    if device in status.devices and not (name == "triton" and device == "cpu" and triton_interpreting())]
+                    if device in status.devices and not (name == "triton" and interpreted)]
 
     def as64(a):
         return a.detach().to("cpu", torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
     expected = reference(*[as64(a) for a in args], **kwargs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    for name in backends:
-        got = op(*args, backend=name, **kwargs)
+    runs = [(None, {})] if backends is None else [(name, {"backend": name}) for name in backends]
+    for name, extra in runs:
+        got = op(*args, **kwargs, **extra)
         got = got if isinstance(got, tuple) else (got,)
+        label = "op" if name is None else f"backend {name!r}"
         if len(got) != len(expected):
-            raise AssertionError(f"backend {name!r} returned {len(got)} outputs; the reference {len(expected)}")
+            raise AssertionError(f"{label} returned {len(got)} outputs; the reference {len(expected)}")
         for i, (g, e) in enumerate(zip(got, expected)):
             r, a = tolerance(g.dtype) if g.is_floating_point() else (0.0, 0.0)
             assert_close(g, e.to(torch.float64) if e.is_floating_point() else e,
                          rtol=r if rtol is None else rtol, atol=a if atol is None else atol,
-                         what=f"backend {name!r}, output {i}")
-    return list(backends)
+                         what=f"{label}, output {i}")
+    return ["default"] if backends is None else list(backends)
 
 
 def check_transform(model, *, n: int = 32, seed: int = 0, rtol: float | None = None, atol: float | None = None,
