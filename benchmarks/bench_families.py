@@ -59,12 +59,21 @@ def run_task(task: str, *, seconds: float = 90.0, seed: int = 0, n_test: int = 2
     ``mass_grid > 0`` also integrates the learned density over the data set's box
     (midpoint rule, ``mass_grid`` points per axis): the NLL is meaningful only if it is ~1.
     """
+    threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)  # for the evaluation too
+    try:
+        return _run_task(task, seconds, seed, n_test, n_samples, mass_grid, progress, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_task(task, seconds, seed, n_test, n_samples, mass_grid, progress, device) -> dict:
     family, dataset, targets = TASKS[task]
     torch.manual_seed(seed)
     model = FAMILIES[family](dim=2)
     data = toy(dataset, TRAIN_SIZE, seed=seed)
-    result = pyprobtf.fit(model, data, max_seconds=seconds, seed=seed, device=device, progress=progress,
-                          num_threads=num_threads)
+    result = pyprobtf.fit(model, data, max_seconds=seconds, seed=seed, device=device, progress=progress)
     model.cpu()
     test = toy(dataset, n_test, seed=TEST_SEED)
     start = time.perf_counter()
@@ -121,8 +130,8 @@ def run(device: str = "cpu", quick: bool = False, *, seconds: float = 90.0, seed
     for task in tasks or TASKS:
         for seed in seeds:
             if quick:
-                row = run_task(task, seconds=2.0, seed=seed, n_test=100, n_samples=400, num_threads=num_threads,
-                               device=device)
+                row = run_task(task, seconds=2.0, seed=seed, n_test=100, n_samples=400,
+                               num_threads=num_threads or 1, device=device)
             else:
                 row = run_task(task, seconds=seconds, seed=seed, num_threads=num_threads, progress=progress,
                                device=device, mass_grid=100)
