@@ -25,6 +25,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_affine_coupling.py
 	$(PY) benchmarks/bench_solvers.py
+	$(PY) benchmarks/bench_sampling.py
+	$(PY) benchmarks/bench_vq.py
 
 clean:
 	rm -rf build $(VENV)

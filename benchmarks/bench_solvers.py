@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import sys
 import types
 from pathlib import Path
@@ -284,6 +285,7 @@ def run(device: str = "cpu", quick: bool = False):
     backends = [b for b in ("cpp", "triton", "cuda") if device in statuses[b].devices]
     if device == "cpu" and "triton" in backends:
         backends.remove("triton")  # the interpreter is for tests, not speed
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     min_run_time = 0.05 if quick else 0.5
     shape = QUICK_SHAPE if quick else SHAPE
     gen = torch.Generator().manual_seed(0)
@@ -334,6 +336,10 @@ def run(device: str = "cpu", quick: bool = False):
         "torchdiffeq's fixed-grid 'rk4' is the 3/8-rule variant; pyprobtf's is the classical one (same cost "
         "in field evaluations and order).",
     ]
+    if load_before is not None:
+        notes.append(f"1-minute load average of the machine: {load_before:.1f} before the run, "
+                     f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores: above the core count, other "
+                     "processes were competing and the times are inflated (single ratios are noisy).")
     if bandwidth is not None:
         notes.append(f"measured device-to-device copy bandwidth: {bandwidth / 1e9:.0f} GB/s")
     if not any(r["part"] == "sampler" for r in rows):
@@ -348,7 +354,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="two updates, a small state, short timings")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's); the results file is then solvers-threadsN-*")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -357,7 +364,8 @@ def main(argv=None) -> int:
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
     info = _common.machine(args.device)
-    path = _common.write_results(NAME, args.device, info, rows, columns, notes, args.out)
+    name = NAME if args.threads is None else f"{NAME}-threads{args.threads}"
+    path = _common.write_results(name, args.device, info, rows, columns, notes, args.out)
     print(_common.markdown_table(rows, columns))
     print("\n".join(notes))
     print(f"\nwritten to {path}")

@@ -5,12 +5,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <stdexcept>
+#include <string>
 #include <tuple>
 
 #include "pyprobtf/affine_coupling.h"
 #include "pyprobtf/cpu_random.h"
 #include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
+#include "pyprobtf/sampling_args.h"
+#include "pyprobtf/vq_nearest.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -98,4 +102,49 @@ PYBIND11_MODULE(_C, m) {
       },
       "Philox words 0 and 1 of counters counter .. counter + n - 1 with a chosen implementation (0 auto, "
       "1 portable, 2 AVX2, 3 AVX-512); False when this CPU lacks it (testing).");
+
+  m.def(
+      "sample_logits",
+      [](ptf::SamplingMat logits, int64_t rows, int64_t cols, int dtype, ptf::SamplingParam temperature,
+         ptf::SamplingIntParam top_k, ptf::SamplingParam top_p, ptf::SamplingParam min_p, ptf::SamplingVec uniform,
+         ptf::SamplingIntParam seed, ptf::SamplingIntParam offset, uintptr_t tokens, uintptr_t logprobs,
+         uintptr_t status, uintptr_t filtered, int num_threads) {
+        const ptf::SampleLogitsArgs a = ptf::make_sample_logits_args(
+            logits, rows, cols, dtype, temperature, top_k, top_p, min_p, uniform, seed, offset, tokens, logprobs,
+            status, filtered);
+        int64_t bad_rows = 0;
+        {
+          py::gil_scoped_release release;
+          ptf::sample_logits_cpu(a, num_threads);
+          for (int64_t r = 0; r < rows; ++r) bad_rows += a.status[r] != 0;
+        }
+        return bad_rows;
+      },
+      py::arg("logits"), py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("temperature"),
+      py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("uniform"), py::arg("seed"), py::arg("offset"),
+      py::arg("tokens"), py::arg("logprobs"), py::arg("status"), py::arg("filtered"), py::arg("num_threads"),
+      "sample_logits (filtered == 0) or filter_logits (filtered != 0) on CPU; returns the number of rows whose "
+      "status is not OK. See pyprobtf/ops/sampling.py.");
+
+  m.def(
+      "vq_nearest",
+      [](MatArg x, MatArg codebook, uintptr_t indices, uintptr_t dist, int64_t rows, int64_t codes, int64_t dim,
+         int64_t k, int dtype, int metric, int isa, int num_threads) {
+        if (rows < 0 || codes < 1 || dim < 0 || k < 1 || k > codes) {
+          throw std::invalid_argument("vq_nearest: need rows >= 0, dim >= 0 and 1 <= k <= codes");
+        }
+        if (isa > ptf::vq_nearest_cpu_best_isa()) {
+          throw std::invalid_argument("vq_nearest: instruction-set level " + std::to_string(isa) +
+                                      " is not supported by this CPU");
+        }
+        ptf::VqNearest a{mat(x), mat(codebook), ptr(indices), ptr(dist), rows, codes, dim, k,
+                         static_cast<ptf::DType>(dtype), static_cast<ptf::VqMetric>(metric)};
+        py::gil_scoped_release release;
+        ptf::vq_nearest_cpu(a, isa, num_threads);
+      },
+      py::arg("x"), py::arg("codebook"), py::arg("indices"), py::arg("dist"), py::arg("rows"), py::arg("codes"),
+      py::arg("dim"), py::arg("k"), py::arg("dtype"), py::arg("metric"), py::arg("isa"), py::arg("num_threads"));
+
+  m.def("vq_nearest_best_isa", &ptf::vq_nearest_cpu_best_isa,
+        "Best instruction-set level of the vq_nearest scan on this CPU: 4 (AVX-512), 3 (AVX2) or 1 (baseline).");
 }

@@ -16,6 +16,8 @@
 #include "pyprobtf/cuda_runtime_info.h"
 #include "pyprobtf/lincomb_args.h"
 #include "pyprobtf/random.h"
+#include "pyprobtf/sampling_args.h"
+#include "pyprobtf/vq_nearest.h"
 
 namespace py = pybind11;
 using MatArg = std::tuple<uintptr_t, int64_t, int64_t>;
@@ -104,4 +106,38 @@ PYBIND11_MODULE(_C_cuda, m) {
       py::arg("dtype"), py::arg("noise"), py::arg("noise_std"), py::arg("noise_std_rows"), py::arg("seed"),
       py::arg("seed_rows"), py::arg("offset"), py::arg("stream"),
       "out = sum_k coeffs[k] * inputs[k] + noise_std * eps (Philox normals drawn in the kernel).");
+
+  m.def("sample_logits_workspace_bytes", [](int64_t rows, int64_t cols, int dtype) {
+    return ptf::sample_logits_workspace_bytes(rows, cols, static_cast<ptf::DType>(dtype));
+  });
+
+  m.def(
+      "sample_logits",
+      [](ptf::SamplingMat logits, int64_t rows, int64_t cols, int dtype, ptf::SamplingParam temperature,
+         ptf::SamplingIntParam top_k, ptf::SamplingParam top_p, ptf::SamplingParam min_p, ptf::SamplingVec uniform,
+         ptf::SamplingIntParam seed, ptf::SamplingIntParam offset, uintptr_t tokens, uintptr_t logprobs,
+         uintptr_t status, uintptr_t filtered, uintptr_t workspace, uintptr_t stream) {
+        const ptf::SampleLogitsArgs a = ptf::make_sample_logits_args(
+            logits, rows, cols, dtype, temperature, top_k, top_p, min_p, uniform, seed, offset, tokens, logprobs,
+            status, filtered);
+        check(ptf::sample_logits_cuda(a, ptr(workspace), ptr(stream)));
+      },
+      py::arg("logits"), py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("temperature"),
+      py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("uniform"), py::arg("seed"), py::arg("offset"),
+      py::arg("tokens"), py::arg("logprobs"), py::arg("status"), py::arg("filtered"), py::arg("workspace"),
+      py::arg("stream"), "sample_logits / filter_logits on CUDA (unverified); see pyprobtf/ops/sampling.py.");
+
+  m.def("vq_nearest_workspace_bytes", &ptf::vq_nearest_cuda_workspace_bytes, py::arg("rows"), py::arg("codes"),
+        py::arg("dim"), py::arg("k"));
+
+  m.def(
+      "vq_nearest",
+      [](MatArg x, MatArg codebook, uintptr_t indices, uintptr_t dist, int64_t rows, int64_t codes, int64_t dim,
+         int64_t k, int dtype, int metric, uintptr_t workspace, uintptr_t stream) {
+        ptf::VqNearest a{mat(x), mat(codebook), ptr(indices), ptr(dist), rows, codes, dim, k,
+                         static_cast<ptf::DType>(dtype), static_cast<ptf::VqMetric>(metric)};
+        check(ptf::vq_nearest_cuda(a, ptr(workspace), ptr(stream)));
+      },
+      py::arg("x"), py::arg("codebook"), py::arg("indices"), py::arg("dist"), py::arg("rows"), py::arg("codes"),
+      py::arg("dim"), py::arg("k"), py::arg("dtype"), py::arg("metric"), py::arg("workspace"), py::arg("stream"));
 }

@@ -14,3 +14,10 @@ __all__ = ["affine_coupling"]
 from pyprobtf.kernels import lincomb  # noqa: E402
 
 __all__ += ["lincomb"]
+
+from pyprobtf.kernels import sampling  # noqa: E402
+
+__all__ += ["sampling"]
+from pyprobtf.kernels import vq_nearest  # noqa: E402
+
+__all__ += ["vq_nearest"]

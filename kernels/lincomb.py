@@ -20,15 +20,16 @@ def _term(acc, X, x_rs, x_cs, coeff, CR, cr_s, r, c, mask, rmask, ROW_COEFF: tl.
     if ROW_COEFF:
         w = tl.load(CR + r * cr_s, mask=rmask, other=0.0).to(COMPUTE)
     else:
-        w = coeff
+        # A float64 argument (Triton passes an unannotated Python float as float32), rounded once.
+        w = tl.full((1, 1), coeff, COMPUTE)
     return acc + w * x
 
 
 @triton.jit
 def _lincomb_kernel(
     X0, x0_rs, x0_cs, X1, x1_rs, x1_cs, X2, x2_rs, x2_cs, X3, x3_rs, x3_cs,
-    c0, c1, c2, c3, CR0, cr0_s, CR1, cr1_s, CR2, cr2_s, CR3, cr3_s,
-    OUT, out_rs, out_cs, noise_std, NR, nr_s, seed, SR, sr_s, offset,
+    c0: tl.float64, c1: tl.float64, c2: tl.float64, c3: tl.float64, CR0, cr0_s, CR1, cr1_s, CR2, cr2_s, CR3, cr3_s,
+    OUT, out_rs, out_cs, noise_std: tl.float64, NR, nr_s, seed, SR, sr_s, offset,
     rows, cols, col_tiles,
     N: tl.constexpr, ROW_COEFF: tl.constexpr, NOISE: tl.constexpr, ROW_NOISE: tl.constexpr,
     ROW_SEED: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr,
@@ -58,7 +59,7 @@ def _lincomb_kernel(
         if ROW_NOISE:
             std = tl.load(NR + r * nr_s, mask=rmask, other=0.0).to(COMPUTE)
         else:
-            std = noise_std
+            std = tl.full((1, 1), noise_std, COMPUTE)
         acc = acc + std * eps
     tl.store(OUT + r * out_rs + c * out_cs, acc.to(OUT.dtype.element_ty), mask=mask)
 

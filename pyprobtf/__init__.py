@@ -17,9 +17,10 @@ if "TRITON_INTERPRET" not in os.environ and "triton" not in sys.modules and not 
     os.environ["TRITON_INTERPRET"] = "1"
 
 from pyprobtf import ops, reference  # noqa: E402
+from pyprobtf import nn  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "__version__"]
+__all__ = ["nn", "ops", "reference", "__version__"]
 
 # The probability-transformation API (issue 6): the protocol, the training loop, toy data and metrics.
 from pyprobtf import data, families, metrics  # noqa: E402

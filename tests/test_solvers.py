@@ -506,6 +506,29 @@ def test_sampling_is_differentiable(method):
     torch.testing.assert_close(ga, torch.tensor(n * r ** (n - 1) * dr * h * (1.0 - 2.0), dtype=F64))
 
 
+@pytest.mark.parametrize("tqdm_installed", [True, False])
+def test_progress_bar(tqdm_installed, monkeypatch, capsys):
+    import builtins
+    import sys
+
+    if not tqdm_installed:  # the plain-text bar used when tqdm is missing
+        real_import = builtins.__import__
+
+        def no_tqdm(name, *args, **kwargs):
+            if name.startswith("tqdm"):
+                raise ImportError(name)
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_tqdm)
+        monkeypatch.delitem(sys.modules, "tqdm.auto", raising=False)
+    else:
+        pytest.importorskip("tqdm")
+    x = sample_ode(lambda x, t: -x, torch.ones(2, 2), uniform_times(4, 0.0, 1.0), progress=True)
+    assert x.shape == (2, 2)
+    err = capsys.readouterr().err
+    assert "sample_ode" in err and "4/4" in err
+
+
 def test_times_as_tensor_equal_times_as_list():
     x0 = torch.randn(3, 2)
     ts = uniform_times(5, 1.0, 0.2)

@@ -53,8 +53,8 @@ __attribute__((target("avx512f"))) void words_avx512(uint64_t seed, uint64_t cou
     __m512i x0 = _mm512_add_epi64(base, iota), y0 = _mm512_add_epi64(x0, eight);
     __m512i x1 = _mm512_srli_epi64(x0, 32), y1 = _mm512_srli_epi64(y0, 32);
     __m512i x2 = _mm512_setzero_si512(), x3 = x2, y2 = x2, y3 = x2;
-#pragma GCC unroll 10
-    for (int r = 0; r < kRounds; ++r) {
+#pragma GCC unroll 9
+    for (int r = 0; r < kRounds - 1; ++r) {
       const __m512i px0 = _mm512_mul_epu32(a_mul, x0), px2 = _mm512_mul_epu32(b_mul, x2);
       const __m512i py0 = _mm512_mul_epu32(a_mul, y0), py2 = _mm512_mul_epu32(b_mul, y2);
       x0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(px2, 32), x1, key0[r], 0x96);  // hi ^ c1 ^ k0
@@ -66,6 +66,12 @@ __attribute__((target("avx512f"))) void words_avx512(uint64_t seed, uint64_t cou
       y1 = py2;
       y3 = py0;
     }
+    // Last round: only words 0 and 1 are needed, which come from the c2 product.
+    const __m512i px2 = _mm512_mul_epu32(b_mul, x2), py2 = _mm512_mul_epu32(b_mul, y2);
+    x0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(px2, 32), x1, key0[kRounds - 1], 0x96);
+    y0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(py2, 32), y1, key0[kRounds - 1], 0x96);
+    x1 = px2;
+    y1 = py2;
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0 + j), _mm512_cvtepi64_epi32(x0));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0 + j + 8), _mm512_cvtepi64_epi32(y0));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w1 + j), _mm512_cvtepi64_epi32(x1));
@@ -96,8 +102,8 @@ __attribute__((target("avx2"))) void words_avx2(uint64_t seed, uint64_t counter,
     __m256i x0 = _mm256_add_epi64(base, iota), y0 = _mm256_add_epi64(x0, four);
     __m256i x1 = _mm256_srli_epi64(x0, 32), y1 = _mm256_srli_epi64(y0, 32);
     __m256i x2 = _mm256_setzero_si256(), x3 = x2, y2 = x2, y3 = x2;
-#pragma GCC unroll 10
-    for (int r = 0; r < kRounds; ++r) {
+#pragma GCC unroll 9
+    for (int r = 0; r < kRounds - 1; ++r) {
       const __m256i px0 = _mm256_mul_epu32(a_mul, x0), px2 = _mm256_mul_epu32(b_mul, x2);
       const __m256i py0 = _mm256_mul_epu32(a_mul, y0), py2 = _mm256_mul_epu32(b_mul, y2);
       x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(px2, 32), x1), key0[r]);
@@ -109,6 +115,11 @@ __attribute__((target("avx2"))) void words_avx2(uint64_t seed, uint64_t counter,
       y1 = py2;
       y3 = py0;
     }
+    const __m256i px2 = _mm256_mul_epu32(b_mul, x2), py2 = _mm256_mul_epu32(b_mul, y2);  // last round: words 0, 1
+    x0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(px2, 32), x1), key0[kRounds - 1]);
+    y0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(py2, 32), y1), key0[kRounds - 1]);
+    x1 = px2;
+    y1 = py2;
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0 + j), low_halves(x0, y0));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(w1 + j), low_halves(x1, y1));
   }

@@ -11,3 +11,10 @@ __all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "avail
 from pyprobtf.ops.lincomb import lincomb  # noqa: E402
 
 __all__ += ["lincomb"]
+
+from pyprobtf.ops.sampling import filter_logits, sample_logits  # noqa: E402
+
+__all__ += ["filter_logits", "sample_logits"]
+from pyprobtf.ops.vq_nearest import vq_nearest  # noqa: E402
+
+__all__ += ["vq_nearest"]

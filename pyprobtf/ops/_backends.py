@@ -39,6 +39,13 @@ GPU_VERIFIED: dict[tuple[str, str], tuple[str, ...]] = {
     ("affine_coupling", "cuda"): (),
     ("lincomb", "triton"): (),
     ("lincomb", "cuda"): (),
+    ("sample_logits", "triton"): (),
+    ("sample_logits", "cuda"): (),
+    ("filter_logits", "triton"): (),
+    ("filter_logits", "cuda"): (),
+
+    ("vq_nearest", "triton"): (),
+    ("vq_nearest", "cuda"): (),
 }
 
 # op -> device type -> backends in order of measured speed (fastest first).

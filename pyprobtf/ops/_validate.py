@@ -69,3 +69,14 @@ def positive_finite(op: str, name: str, value) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{op}: `{name}` must be positive and finite; got {value}")
     return value
+
+
+def integer(op: str, name: str, value, low: int, high: int | None = None) -> int:
+    """An int (not a bool) in [low, high] (no upper limit when ``high`` is None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: `{name}` must be an integer; got {type(value).__name__}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        expected = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{op}: `{name}` must be {expected}; got {value}")
+    return value

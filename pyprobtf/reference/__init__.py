@@ -12,3 +12,10 @@ __all__ = ["affine_coupling", "affine_coupling_backward"]
 from pyprobtf.reference.lincomb import lincomb  # noqa: E402
 
 __all__ += ["lincomb"]
+
+from pyprobtf.reference.sampling import filter_logits, sample_logits  # noqa: E402
+
+__all__ += ["filter_logits", "sample_logits"]
+from pyprobtf.reference.vq_nearest import vq_distances, vq_nearest  # noqa: E402
+
+__all__ += ["vq_distances", "vq_nearest"]

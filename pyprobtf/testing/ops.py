@@ -266,3 +266,95 @@ def _lincomb_cases(backend, device, dtype):
                 args = (backend, device, dtype, shape, n, layout, coeff_tensors, noise, seed_kind, 2**40 + seed,
                         2**33 + seed, out_kind, seed)
                 yield lambda args=args: check_lincomb(*args)
+
+
+# ----------------------------------------------------------------------------- sample_logits / filter_logits
+
+from pyprobtf.testing import sampling as _sampling  # noqa: E402
+
+register("sample_logits")(_sampling.cases)
+
+# ----------------------------------------------------------------------------- vq_nearest
+
+
+def vq_contract_tolerance(x64: torch.Tensor, e64: torch.Tensor, metric: str) -> torch.Tensor:
+    """Per-row tolerance of vq_nearest's contract: 8 * 2^-24 * (|x|^2 + max |e|^2); 8 * 2^-24 for cosine."""
+    if metric == "cosine":
+        return torch.full((x64.shape[0],), 8 * 2.0**-24, dtype=torch.float64)
+    emax = (e64 * e64).sum(1).max() if e64.shape[0] else torch.tensor(0.0, dtype=torch.float64)
+    return 8 * 2.0**-24 * ((x64 * x64).sum(1) + emax)
+
+
+def check_vq_nearest_result(x, codebook, indices, dist, metric, k, exact_gap=1e-9):
+    """Assert the contract for ``(indices, dist) = vq_nearest(x, codebook, metric=metric, k=k)``.
+
+    Against a float64 brute force, for every position i < k of every row: the
+    returned code's float64 distance is within the tolerance of the i-th
+    smallest, the code is the float64 one wherever both gaps around position i
+    exceed the tolerance, and ``dist`` is that distance. pyprobtf's backends
+    re-score in float64, so they are also held to the float64 codes wherever
+    the gaps exceed ``exact_gap`` times the tolerance's scale.
+    """
+    n, codes = x.shape[0], codebook.shape[0]
+    shape = (n,) if k == 1 else (n, k)
+    assert indices.shape == shape and dist.shape == shape, (tuple(indices.shape), tuple(dist.shape), shape)
+    assert indices.dtype == torch.int64 and dist.dtype == torch.float32
+    assert indices.device == x.device and dist.device == x.device
+    if n == 0:
+        return
+    x64, e64 = x.detach().double().cpu(), codebook.detach().double().cpu()
+    idx, got = indices.cpu().reshape(n, k), dist.cpu().reshape(n, k).double()
+    assert bool(((idx >= 0) & (idx < codes)).all()), "index out of range"
+    if k > 1:
+        assert bool((idx.sort(1).values.diff(1) != 0).all()), "a code returned twice in one row"
+    d64 = reference.vq_distances(x64, e64, metric)
+    sorted_d, sorted_idx = torch.sort(d64, dim=1, stable=True)
+    tol = vq_contract_tolerance(x64, e64, metric)[:, None]
+    mine = d64.gather(1, idx)
+    want = sorted_d[:, :k]
+    finite = want.isfinite()
+    err = torch.where(finite, (mine - want).abs(), torch.zeros_like(mine))
+    bad = err > tol
+    assert not bad.any(), f"{int(bad.sum())} codes beyond the contract's tolerance; worst {float((err - tol).max())}"
+    if k > 1:
+        ordered = (mine[:, 1:] >= mine[:, :-1] - tol) | ~finite[:, 1:]
+        assert bool(ordered.all()), "not ordered by distance"
+    derr = (got - mine).abs()
+    dbad = finite & (derr > tol + 2.0**-23 * mine.abs())
+    assert not dbad.any(), f"dist off by {float(derr[dbad].max())}"
+    assert torch.equal(got.isnan(), mine.isnan()), "NaN distances differ"
+    padded = torch.cat([torch.full((n, 1), -math.inf, dtype=torch.float64), sorted_d,
+                        torch.full((n, 1), math.inf, dtype=torch.float64)], 1)
+    gap_before = padded[:, 1 : k + 1] - padded[:, :k]
+    gap_after = padded[:, 2 : k + 2] - padded[:, 1 : k + 1]
+    for threshold in (tol, exact_gap * (tol / (8 * 2.0**-24))):
+        clear = finite & (gap_before > threshold) & (gap_after > threshold)
+        assert torch.equal(idx[clear], sorted_idx[:, :k][clear]), "an index differs where the float64 gap is clear"
+
+
+def check_vq_nearest(backend, device, dtype, n, codes, dim, k, metric, x_layout, e_layout, seed, precision="exact"):
+    """One vq_nearest case against the float64 brute force (:func:`check_vq_nearest_result`)."""
+    from pyprobtf.ops import vq_nearest
+
+    k = min(k, codes)
+    x = make_tensor((n, dim), dtype, x_layout, seed=seed, device=device)
+    e = make_tensor((codes, dim), dtype, e_layout, seed=seed + 1, device=device)
+    indices, dist = vq_nearest(x, e, metric=metric, k=k, precision=precision, backend=backend)
+    check_vq_nearest_result(x, e, indices, dist, metric, k)
+
+
+@register("vq_nearest")
+def _vq_nearest_cases(backend, device, dtype):
+    small = backend == "triton" and device == "cpu"  # the interpreter is slow
+    shapes = [(0, 5, 3), (1, 1, 1), (7, 5, 0), (9, 40, 7)] + ([] if small else [(300, 301, 64), (40, 1000, 130)])
+    layouts = [("contiguous", "contiguous"), ("sliced", "transposed")]
+    precisions = ("exact", "fast") if backend == "triton" else ("exact",)
+    seed = 0
+    for n, codes, dim in shapes:
+        for x_layout, e_layout in layouts:
+            for metric in ("l2", "cosine", "dot"):
+                for k in (1, 3):
+                    for precision in precisions:
+                        seed += 1
+                        args = (backend, device, dtype, n, codes, dim, k, metric, x_layout, e_layout, seed, precision)
+                        yield lambda args=args: check_vq_nearest(*args)

@@ -79,15 +79,13 @@ PTF_HD float exp(float x) {
   return p * s1 * s2;
 }
 
-// log(u) for u > 0 (and NaN/inf/0 handled like libm): u = m 2^e with m in
+// log(us) - shift * ln 2 for a normal positive finite us: us = m 2^e with m in
 // [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(f), f = (m-1)/(m+1), |f| <= 0.1716.
-PTF_HD float log(float u) {
-  uint32_t bits = float_to_bits(u);
-  // Subnormals: scale into the normal range first.
-  const bool sub = u < 1.17549435e-38f;
-  const float us = sub ? u * 8388608.0f : u;  // 2^23
-  bits = float_to_bits(us);
-  int32_t e = static_cast<int32_t>((bits >> 23) & 0xFF) - 127 - (sub ? 23 : 0);
+// No special cases, so loops that know their argument is normal (e.g. a
+// clamped uniform) stay vectorisable.
+PTF_HD float log_normal(float us, int32_t shift = 0) {
+  const uint32_t bits = float_to_bits(us);
+  int32_t e = static_cast<int32_t>((bits >> 23) & 0xFF) - 127 - shift;
   float m = bits_to_float((bits & 0x007FFFFFu) | 0x3F800000u);  // [1, 2)
   const bool big = m > 1.41421356f;
   m = big ? m * 0.5f : m;
@@ -101,7 +99,15 @@ PTF_HD float log(float u) {
   p = p * f2 + 2.0f / 3.0f;
   p = p * f2 + 2.0f;
   const float ef = static_cast<float>(e);
-  const float result = ef * 0.693145751953125f + (f * p + ef * 1.428606765330187045e-06f);
+  return ef * 0.693145751953125f + (f * p + ef * 1.428606765330187045e-06f);
+}
+
+// log(u) for u > 0 (and NaN/inf/0 handled like libm).
+PTF_HD float log(float u) {
+  // Subnormals: scale into the normal range first.
+  const bool sub = u < 1.17549435e-38f;
+  const float us = sub ? u * 8388608.0f : u;  // 2^23
+  const float result = log_normal(us, sub ? 23 : 0);
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
   return (u != u || u < 0.0f) ? nan : (u == 0.0f ? -inf : (u == inf ? inf : result));

@@ -48,35 +48,13 @@ PTF_HD float cos_0_2pi(float x) {
   return (quadrant == 1 || quadrant == 2) ? -v : v;
 }
 
-// log(u) for normal positive finite u: cpu::log without its special cases,
-// whose selects (after GCC learns u >= 1e-7 from the clamp below) stop the
-// loop of randn from vectorising.
-PTF_HD float log_positive(float u) {
-  const uint32_t bits = float_to_bits(u);
-  int32_t e = static_cast<int32_t>(bits >> 23) - 127;
-  float m = bits_to_float((bits & 0x007FFFFFu) | 0x3F800000u);  // [1, 2)
-  const bool big = m > 1.41421356f;
-  m = big ? m * 0.5f : m;
-  e = big ? e + 1 : e;
-  const float f = (m - 1.0f) / (m + 1.0f);
-  const float f2 = f * f;
-  float p = 2.0f / 11.0f;
-  p = p * f2 + 2.0f / 9.0f;
-  p = p * f2 + 2.0f / 7.0f;
-  p = p * f2 + 2.0f / 5.0f;
-  p = p * f2 + 2.0f / 3.0f;
-  p = p * f2 + 2.0f;
-  const float ef = static_cast<float>(e);
-  return ef * 0.693145751953125f + (f * p + ef * 1.428606765330187045e-06f);
-}
-
 // tl.randn's Box-Muller transform of Philox words 0 and 1, vectorisable.
 // (Written with a ternary clamp: std::fmax here stops GCC 12 from vectorising.)
 PTF_HD float normal_from_words(uint32_t w0, uint32_t w1) {
   float u0 = uniform_float(w0);
   u0 = u0 < 1.0e-7f ? 1.0e-7f : u0;
   const float theta = 6.283185307179586f * uniform_float(w1);
-  return std::sqrt(-2.0f * log_positive(u0)) * cos_0_2pi(theta);
+  return std::sqrt(-2.0f * log_normal(u0)) * cos_0_2pi(theta);
 }
 
 // tl.randn(seed, counter), vectorisable.

@@ -1,0 +1,5 @@
+"""Integrations with other libraries, each behind its own optional extra.
+
+- :mod:`pyprobtf.integrations.hf`: Hugging Face ``transformers`` generation
+  (``pip install pyprobtf[hf]``).
+"""

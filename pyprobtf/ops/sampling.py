@@ -1,0 +1,473 @@
+"""sample_logits and filter_logits: temperature, top-k, top-p and min-p as a deterministic transform of a uniform.
+
+``tokens = sample_logits(logits, temperature=..., top_k=..., top_p=..., min_p=..., seed=...)``
+is the step of an autoregressive model that turns one uniform number per row
+into a token (docs/ARCHITECTURE.md, sample_logits): the filtered distribution's
+inverse CDF in vocabulary order, evaluated at the row's uniform. The same
+uniform gives the same token on every backend; a row's token never depends on
+the other rows. ``filter_logits`` returns the processed logits themselves.
+
+The float computation is defined in :mod:`pyprobtf.reference.sampling`; no
+backend sorts the vocabulary.
+
+Errors: arguments are checked before any kernel runs; values inside per-row
+tensors and in the logits (NaN, +inf, a row that is all -inf) are checked by
+the kernels themselves, which report a status per row, and the op raises for
+the first bad row. On CUDA that check waits for the kernels, except while a
+CUDA graph is being captured: there bad rows get token -1 and log-prob NaN
+(filter_logits: a row of NaN) without an error.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from pyprobtf import reference
+from pyprobtf.ops import _backends, _native, _validate
+from pyprobtf.reference.sampling import compute_dtype
+
+SAMPLE = "sample_logits"
+FILTER = "filter_logits"
+
+# Order `auto` tries on each device type, fastest first (benchmarks/bench_sampling.py,
+# benchmarks/results/sampling-*.md). On CUDA only GPU-verified backends are taken.
+_AUTO = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
+_backends.register_op(SAMPLE, _AUTO)
+_backends.register_op(FILTER, _AUTO)
+
+# Per-row status codes, as csrc/include/pyprobtf/sampling.h numbers them.
+OK, BAD_TEMPERATURE, BAD_TOP_K, BAD_TOP_P, BAD_MIN_P, BAD_UNIFORM, NAN_LOGIT, POS_INF_LOGIT, ALL_NEG_INF = range(9)
+
+_RULES = {
+    "temperature": "must be a finite number >= 0 (0 is greedy)",
+    "top_k": "must be an integer >= 0 (0 keeps every token)",
+    "top_p": "must be in (0, 1]",
+    "min_p": "must be in [0, 1)",
+    "uniform": "must be in [0, 1)",
+}
+_PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p")
+_PARAM_OF_STATUS = {BAD_TEMPERATURE: "temperature", BAD_TOP_K: "top_k", BAD_TOP_P: "top_p", BAD_MIN_P: "min_p",
+                    BAD_UNIFORM: "uniform"}
+
+
+def _in_range(name: str, v):
+    """Whether ``v`` (a number, or elementwise a tensor) is in the domain of parameter ``name``."""
+    if name == "temperature":
+        return (v >= 0) & (v <= _FLOAT64_MAX)  # NaN and inf fail
+    if name == "top_k":
+        return v >= 0
+    if name == "top_p":
+        return (v > 0) & (v <= 1)
+    return (v >= 0) & (v < 1)  # min_p, uniform
+
+
+_FLOAT64_MAX = 1.7976931348623157e308
+
+
+# ----------------------------------------------------------------------------- argument normalisation
+
+
+def _number_param(op: str, name: str, value, integer: bool):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        kind = "an integer" if integer else "a real number"
+        raise TypeError(f"{op}: `{name}` must be {kind} or a (B,) tensor; got {type(value).__name__}")
+    value = int(value) if integer else float(value)
+    if not _in_range(name, value):
+        raise ValueError(f"{op}: `{name}` {_RULES[name]}; got {value}")
+    return value
+
+
+def _tensor_param(op: str, name: str, value: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype):
+    """A (B,) tensor on the logits' device, converted to ``dtype`` (values are checked by the kernels)."""
+    rows = logits.shape[0]
+    if value.shape != (rows,):
+        what = "a tensor" if name == "uniform" else "a number or a tensor"
+        raise ValueError(f"{op}: `{name}` must be {what} of shape (B,) = ({rows},); got shape {tuple(value.shape)}")
+    if value.device != logits.device:
+        raise ValueError(f"{op}: `{name}` must be on the device of `logits`, {logits.device}; got {value.device}")
+    if dtype == torch.int64 and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+        raise TypeError(f"{op}: `{name}` must be an integer tensor; got {value.dtype}")
+    if dtype == torch.float64 and (value.is_complex() or value.dtype == torch.bool):
+        raise TypeError(f"{op}: `{name}` must be a real-valued tensor; got {value.dtype}")
+    return value.to(dtype)
+
+
+def _param(op: str, name: str, value, logits: torch.Tensor, integer: bool = False):
+    """(tensor or None, number): a per-row tensor, or one number for every row."""
+    if isinstance(value, torch.Tensor):
+        return _tensor_param(op, name, value, logits, torch.int64 if integer else torch.float64), 0
+    return None, _number_param(op, name, value, integer)
+
+
+def _wrap_int64(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _check_logits(op: str, logits) -> None:
+    _validate.tensor(op, "logits", logits)
+    if logits.dim() != 2:
+        raise ValueError(f"{op}: `logits` must have shape (B, V); got shape {tuple(logits.shape)}")
+    if logits.shape[1] == 0:
+        raise ValueError(f"{op}: `logits` must have at least one column (V >= 1); got shape {tuple(logits.shape)}")
+
+
+# ----------------------------------------------------------------------------- status -> errors
+
+
+def _value_at(tensor, number, row: int):
+    return (tensor[row].item() if tensor is not None else number)
+
+
+def _raise_for_status(op: str, status: torch.Tensor, params: dict) -> None:
+    """Raise for the first row whose status is not OK; ``params`` maps names to (tensor or None, number)."""
+    bad = torch.nonzero(status != OK)
+    if bad.numel() == 0:
+        return
+    row = int(bad[0, 0])
+    code = int(status[row])
+    more = f" (and {bad.shape[0] - 1} more bad rows)" if bad.shape[0] > 1 else ""
+    if code in _PARAM_OF_STATUS:
+        name = _PARAM_OF_STATUS[code]
+        value = _value_at(*params[name], row)
+        raise ValueError(f"{op}: `{name}` {_RULES[name]}; got {value} at row {row}{more}")
+    what = {
+        NAN_LOGIT: "contains NaN",
+        POS_INF_LOGIT: "contains +inf (logits must be finite or -inf)",
+        ALL_NEG_INF: "is all -inf: no token can be chosen",
+    }.get(code, f"failed with status {code}")
+    raise ValueError(f"{op}: `logits` row {row} {what}{more}")
+
+
+def _check_status(op: str, status: torch.Tensor, params: dict) -> None:
+    if status.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return  # no host synchronisation inside a CUDA graph (see the module docstring)
+    _raise_for_status(op, status.cpu(), params)
+
+
+def _reference_status(logits, params, uniform) -> torch.Tensor:
+    """The kernels' per-row status, computed with torch ops (the reference backend's check)."""
+    rows = logits.shape[0]
+    status = torch.zeros(rows, dtype=torch.int32, device=logits.device)
+    x = logits.to(compute_dtype(logits.dtype))
+    checks = [
+        (BAD_TEMPERATURE, ~_rows_in_range("temperature", params["temperature"], rows, x.device)),
+        (BAD_TOP_K, ~_rows_in_range("top_k", params["top_k"], rows, x.device)),
+        (BAD_TOP_P, ~_rows_in_range("top_p", params["top_p"], rows, x.device)),
+        (BAD_MIN_P, ~_rows_in_range("min_p", params["min_p"], rows, x.device)),
+        (BAD_UNIFORM, ~_rows_in_range("uniform", (uniform, 0.0), rows, x.device)),
+        (NAN_LOGIT, x.isnan().any(dim=1)),
+        (POS_INF_LOGIT, (x == math.inf).any(dim=1)),
+        (ALL_NEG_INF, (x == -math.inf).all(dim=1)),
+    ]
+    for code, failed in reversed(checks):  # the first failing check wins
+        status = torch.where(failed, code, status)
+    return status
+
+
+def _rows_in_range(name, param, rows, device) -> torch.Tensor:
+    tensor, number = param
+    values = tensor if tensor is not None else torch.full((rows,), number, dtype=torch.float64, device=device)
+    return _in_range(name, values)
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def _native_params(params: dict):
+    """(pointer or 0, stride, number) per parameter, as the native kernels take them."""
+    out = {}
+    for name, (tensor, number) in params.items():
+        out[name] = (tensor.data_ptr(), tensor.stride(0), number) if tensor is not None else (0, 0, number)
+    return out
+
+
+def _launch(name: str, logits, params, uniform, seed, offset, tokens, logprobs, status, filtered) -> bool:
+    """Run backend ``name`` (cpp, cuda or triton); every output is preallocated.
+
+    Returns False when the backend already knows that every row's status is OK.
+    """
+    if name == "triton":
+        _backends.triton_kernels().sampling.run(
+            logits, params, uniform, seed, offset, tokens, logprobs, status, filtered)
+        return True
+    p = _native_params(params)
+    uniform_arg = (uniform.data_ptr(), uniform.stride(0)) if uniform is not None else (0, 0)
+    seed_arg = (seed[0].data_ptr(), seed[0].stride(0), 0) if seed[0] is not None else (0, 0, seed[1])
+    offset_arg = (offset[0].data_ptr(), offset[0].stride(0), 0) if offset[0] is not None else (0, 0, offset[1])
+    common = (
+        _native.mat(logits), logits.shape[0], logits.shape[1], _native.DTYPE_CODES[logits.dtype],
+        p["temperature"], p["top_k"], p["top_p"], p["min_p"], uniform_arg, seed_arg, offset_arg,
+        0 if tokens is None else tokens.data_ptr(), 0 if logprobs is None else logprobs.data_ptr(),
+        status.data_ptr(), 0 if filtered is None else filtered.data_ptr(),
+    )
+    if name == "cpp":
+        return _backends.cpp_module().sample_logits(*common, _native.num_threads()) > 0
+    module = _backends.cuda_module()
+    nbytes = module.sample_logits_workspace_bytes(logits.shape[0], logits.shape[1], _native.DTYPE_CODES[logits.dtype])
+    workspace = torch.empty(nbytes, dtype=torch.uint8, device=logits.device)  # from torch: CUDA-graph safe
+    module.sample_logits(*common, workspace.data_ptr(), _native.cuda_stream(logits))
+    return True
+
+
+def _params_dict(temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p) -> dict:
+    return {"temperature": (temperature_t, temperature), "top_k": (top_k_t, top_k), "top_p": (top_p_t, top_p),
+            "min_p": (min_p_t, min_p)}
+
+
+def _ref_value(param):
+    tensor, number = param
+    return tensor if tensor is not None else number
+
+
+def _sample(logits, params, uniform, seed, offset, backend):
+    """(tokens, logprobs). ``uniform`` is a float64 (B,) tensor or None (then ``seed``/``offset`` are used)."""
+    name = _backends.resolve(SAMPLE, backend, logits.device.type)
+    rows = logits.shape[0]
+    if name == "reference":
+        if uniform is None:
+            uniform = reference.sampling.seeded_uniforms(rows, _ref_value(seed), _ref_value(offset), logits.device)
+        _raise_for_status(SAMPLE, _reference_status(logits, params, uniform).cpu(), params | {"uniform": (uniform, 0)})
+        return reference.sample_logits(logits, uniform, *(_ref_value(params[k]) for k in _PARAM_NAMES))
+    tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    logprobs = torch.empty(rows, dtype=compute_dtype(logits.dtype), device=logits.device)
+    status = torch.empty(rows, dtype=torch.int32, device=logits.device)
+    if _launch(name, logits, params, uniform, seed, offset, tokens, logprobs, status, None):
+        _check_status(SAMPLE, status, params | {"uniform": (uniform, 0)})
+    return tokens, logprobs
+
+
+def _filter(logits, params, backend):
+    name = _backends.resolve(FILTER, backend, logits.device.type)
+    if name == "reference":
+        _raise_for_status(FILTER, _reference_status(logits, params, None).cpu(), params)
+        return reference.filter_logits(logits, *(_ref_value(params[k]) for k in _PARAM_NAMES)).contiguous()
+    rows, cols = logits.shape
+    filtered = torch.empty(rows, cols, dtype=logits.dtype, device=logits.device)
+    status = torch.empty(rows, dtype=torch.int32, device=logits.device)
+    if _launch(name, logits, params, None, (None, 0), (None, 0), None, None, status, filtered):
+        _check_status(FILTER, status, params)
+    return filtered
+
+
+
+# ----------------------------------------------------------------------------- custom ops
+# The path torch.compile, fake tensors and torch.library.opcheck see: every
+# parameter is an optional per-row tensor plus the number used when it is None.
+
+
+@torch.library.custom_op("pyprobtf::sample_logits", mutates_args=())
+def _sample_logits_op(
+    logits: torch.Tensor, temperature_t: torch.Tensor | None, temperature: float, top_k_t: torch.Tensor | None,
+    top_k: int, top_p_t: torch.Tensor | None, top_p: float, min_p_t: torch.Tensor | None, min_p: float,
+    uniform: torch.Tensor | None, seed_t: torch.Tensor | None, seed: int, offset_t: torch.Tensor | None,
+    offset: int, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    params = _params_dict(temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p)
+    return _sample(logits, params, uniform, (seed_t, seed), (offset_t, offset), backend)
+
+
+@_sample_logits_op.register_fake
+def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, uniform, seed_t, seed,
+      offset_t, offset, backend):
+    rows = logits.shape[0]
+    return (logits.new_empty(rows, dtype=torch.int64), logits.new_empty(rows, dtype=compute_dtype(logits.dtype)))
+
+
+@torch.library.custom_op("pyprobtf::filter_logits", mutates_args=())
+def _filter_logits_op(
+    logits: torch.Tensor, temperature_t: torch.Tensor | None, temperature: float, top_k_t: torch.Tensor | None,
+    top_k: int, top_p_t: torch.Tensor | None, top_p: float, min_p_t: torch.Tensor | None, min_p: float,
+    backend: str,
+) -> torch.Tensor:
+    params = _params_dict(temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p)
+    return _filter(logits, params, backend)
+
+
+@_filter_logits_op.register_fake
+def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, backend):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _filter_setup_context(ctx, inputs, output):
+    _, temperature_t, temperature = inputs[:3]
+    ctx.save_for_backward(output, temperature_t)
+    ctx.temperature = temperature
+
+
+def _filter_backward(ctx, grad):
+    # filter_logits is l / T on the kept set (0 for greedy rows) and -inf elsewhere:
+    # the gradient is grad / T where the output is finite, 0 elsewhere and on greedy rows.
+    output, temperature_t = ctx.saved_tensors
+    C = compute_dtype(output.dtype)
+    rows = output.shape[0]
+    if temperature_t is not None:
+        t = temperature_t.to(C)
+    else:
+        t = torch.full((rows,), ctx.temperature, dtype=C, device=output.device)
+    inv_t = torch.where(t == 0, 0.0, 1.0 / t).unsqueeze(1)
+    grad_logits = torch.where(output.isfinite(), grad.to(C) * inv_t, 0.0).to(output.dtype)
+    return grad_logits, None, None, None, None, None, None, None, None, None
+
+
+_filter_logits_op.register_autograd(_filter_backward, setup_context=_filter_setup_context)
+
+
+# ----------------------------------------------------------------------------- public ops
+
+
+def _normalise(op, logits, temperature, top_k, top_p, min_p):
+    _check_logits(op, logits)
+    return _params_dict(
+        *_param(op, "temperature", temperature, logits), *_param(op, "top_k", top_k, logits, integer=True),
+        *_param(op, "top_p", top_p, logits), *_param(op, "min_p", min_p, logits),
+    )
+
+
+def _flat(params: dict) -> list:
+    return [v for name in _PARAM_NAMES for v in params[name]]
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+    min_p: float | torch.Tensor = 0.0,
+    uniform: torch.Tensor | None = None,
+    seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor = 0,
+    generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
+    backend: str = "auto",
+):
+    """Sample one token per row after temperature, top-k, top-p and min-p filtering.
+
+    For row ``b`` with logits ``l`` and ``pi = softmax(l / T)``: top-k keeps the
+    tokens whose probability is at least the k-th largest (every token tied
+    with it), top-p keeps the smallest head of the top-k survivors whose mass
+    reaches ``top_p`` (plus everything tied with its last member), min-p keeps
+    ``pi_i >= min_p * max pi``; the token is the first one, in vocabulary
+    order, at which the cumulative kept mass exceeds ``u * (kept mass)``.
+    No sort: the thresholds are found by selection. ``temperature = 0`` is
+    greedy (the first argmax).
+
+    Args:
+        logits: ``(B, V)`` float32, float16, bfloat16 or float64, any strides.
+        temperature: a number ``>= 0`` or a ``(B,)`` tensor, one per row.
+        top_k: an integer ``>= 0`` (0, or ``>= V``, keeps every token) or a ``(B,)`` integer tensor.
+        top_p: in ``(0, 1]`` (1 keeps every token), or a ``(B,)`` tensor.
+        min_p: in ``[0, 1)`` (0 keeps every token), or a ``(B,)`` tensor.
+        uniform: a ``(B,)`` tensor of uniforms in ``[0, 1)``, one per row: the
+            op is then a deterministic function of them.
+        seed: an integer (row ``b`` uses Philox key ``seed`` and counter
+            ``offset + b``) or a ``(B,)`` integer tensor (row ``b`` uses key
+            ``seed[b]`` and counter ``offset[b]``: per-request seeds that do not
+            depend on the batch). The uniform is the 53-bit float64
+            ``((w0 >> 5) * 2^26 + (w1 >> 6)) * 2^-53`` of the first two Philox
+            words, computed inside the kernel (works in CUDA graphs).
+        offset: an integer or a ``(B,)`` integer tensor: the Philox counter
+            (advance it by one per step for a fresh draw).
+        generator: a ``torch.Generator`` for ``torch.rand(B, dtype=float64)``;
+            used when neither ``uniform`` nor ``seed`` is given (default: torch's
+            global generator).
+        return_logprobs: also return the chosen token's log-probability under
+            the filtered distribution (0 for greedy rows). Not differentiable;
+            for gradients use ``log_softmax(filter_logits(...))``.
+        backend: ``"auto"``, ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
+
+    Returns:
+        ``tokens`` (int64, ``(B,)``), or ``(tokens, logprobs)`` with
+        ``logprobs`` float32 (float64 for float64 logits).
+
+    Raises:
+        ValueError: for an out-of-range parameter, NaN or +inf logits, or a row
+        that is all -inf, naming the argument and the row.
+
+    Example:
+        >>> logits = torch.randn(4, 32000)
+        >>> tokens = sample_logits(logits, temperature=0.7, top_k=50, top_p=0.9, seed=1234)
+        >>> seeds = torch.tensor([11, 12, 13, 14])  # one per request
+        >>> tokens, logprobs = sample_logits(logits, top_p=0.95, seed=seeds, offset=7, return_logprobs=True)
+    """
+    params = _normalise(SAMPLE, logits, temperature, top_k, top_p, min_p)
+    rows = logits.shape[0]
+    sources = [name for name, v in (("uniform", uniform), ("seed", seed), ("generator", generator)) if v is not None]
+    if len(sources) > 1:
+        raise ValueError(f"{SAMPLE}: give at most one of `uniform`, `seed` and `generator`; got {', '.join(sources)}")
+    if seed is None and (isinstance(offset, torch.Tensor) or offset != 0):
+        raise ValueError(f"{SAMPLE}: `offset` is the Philox counter and needs `seed`")
+    _validate.boolean(SAMPLE, "return_logprobs", return_logprobs)
+    _validate.choice(SAMPLE, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
+    seed_t, seed_n, offset_t, offset_n = None, 0, None, 0
+    if uniform is not None:
+        if not isinstance(uniform, torch.Tensor):
+            raise TypeError(f"{SAMPLE}: `uniform` must be a (B,) tensor; got {type(uniform).__name__}")
+        uniform = _tensor_param(SAMPLE, "uniform", uniform, logits, torch.float64)
+    elif seed is not None:
+        if isinstance(seed, torch.Tensor):
+            seed_t = _tensor_param(SAMPLE, "seed", seed, logits, torch.int64)
+        elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            seed_n = _wrap_int64(int(seed))
+        else:
+            raise TypeError(f"{SAMPLE}: `seed` must be an integer or a (B,) integer tensor; got {type(seed).__name__}")
+        if isinstance(offset, torch.Tensor):
+            offset_t = _tensor_param(SAMPLE, "offset", offset, logits, torch.int64)
+        elif isinstance(offset, numbers.Integral) and not isinstance(offset, bool):
+            offset_n = _wrap_int64(int(offset))
+        else:
+            raise TypeError(f"{SAMPLE}: `offset` must be an integer or a (B,) integer tensor; "
+                            f"got {type(offset).__name__}")
+    else:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{SAMPLE}: `generator` must be a torch.Generator; got {type(generator).__name__}")
+        if generator is not None and generator.device.type != logits.device.type:
+            raise ValueError(f"{SAMPLE}: `generator` must be on the device of `logits`, {logits.device}; "
+                             f"got {generator.device}")
+        uniform = torch.rand(rows, generator=generator, dtype=torch.float64, device=logits.device)
+
+    tensors = [t for t in (logits, uniform, seed_t, offset_t, *_flat(params)[::2]) if t is not None]
+    if _backends.use_custom_op(*tensors):
+        tokens, logprobs = _sample_logits_op(logits, *_flat(params), uniform, seed_t, seed_n, offset_t, offset_n,
+                                             backend)
+    else:
+        tokens, logprobs = _sample(logits, params, uniform, (seed_t, seed_n), (offset_t, offset_n), backend)
+    return (tokens, logprobs) if return_logprobs else tokens
+
+
+def filter_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+    min_p: float | torch.Tensor = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The processed logits of :func:`sample_logits`: ``l / T`` on the kept set, ``-inf`` elsewhere.
+
+    ``log_softmax`` of the result is the filtered distribution that
+    :func:`sample_logits` draws from (greedy rows, ``T = 0``, are 0 at the
+    first argmax and ``-inf`` elsewhere). Same parameters and checks as
+    :func:`sample_logits`; the result has the logits' dtype and shape
+    (float16 logits divided by a small temperature can overflow to inf there,
+    as in any float16 computation). Differentiable: the gradient is
+    ``grad / T`` on the kept set and 0 elsewhere.
+
+    Example:
+        >>> logits = torch.randn(2, 10)
+        >>> processed = filter_logits(logits, temperature=0.8, top_k=3)
+        >>> (processed > -float("inf")).sum(dim=1)
+        tensor([3, 3])
+    """
+    params = _normalise(FILTER, logits, temperature, top_k, top_p, min_p)
+    _validate.choice(FILTER, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
+    needs_grad = torch.is_grad_enabled() and logits.requires_grad
+    tensors = [t for t in (logits, *_flat(params)[::2]) if t is not None]
+    if needs_grad or _backends.use_custom_op(*tensors):
+        return _filter_logits_op(logits, *_flat(params), backend)
+    return _filter(logits, params, backend)

@@ -1,0 +1,197 @@
+"""vq_nearest: the k nearest codebook rows of each input row, without the N x K distance matrix.
+
+``indices, dist = vq_nearest(x, codebook)`` finds, for each of the N rows of
+``x`` (N, D), the nearest of the K rows of ``codebook`` (K, D) under
+
+    l2:      |x - e|^2, evaluated as |x|^2 - 2 x.e + |e|^2 and clamped at 0
+    cosine:  1 - x.e / (max(|x|, 1e-12) max(|e|, 1e-12))
+    dot:     -x.e
+
+and returns the ``k`` best in order, ties to the lower index. The compiled
+backends scan the codebook in float32 (float64 for float64 data) with fused
+running selection, keep per row only the codes within twice a rigorous
+rounding-error bound of the k-th best, and re-score those in float64: the
+answer is the float64 answer, at the speed of a float32 matrix multiply and
+with O(N k + K) extra memory. ``precision="fast"`` lets the Triton backend
+scan with TF32 tensor cores; the exact re-scoring keeps the same guarantee.
+
+Not differentiable: losses are computed from the codebook rows gathered with
+``indices`` (see :class:`pyprobtf.nn.VectorQuantizer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from pyprobtf import reference
+from pyprobtf.ops import _backends, _native, _validate
+
+OP = "vq_nearest"
+METRICS = {"l2": 0, "cosine": 1, "dot": 2}
+PRECISIONS = ("exact", "fast")
+
+# Order `auto` tries on each device type, fastest first, as measured by
+# benchmarks/bench_vq.py (benchmarks/results/vq_nearest-*.md). On CUDA only
+# GPU-verified backends are taken (see _backends.GPU_VERIFIED); the Triton
+# kernel (tl.dot on tensor cores) is expected to beat the plain CUDA one.
+_backends.register_op(OP, {"cpu": ("cpp", "reference"), "cuda": ("triton", "cuda", "reference")})
+
+# Instruction-set level of the C++ scan: 0 = the best this CPU supports. Tests
+# force 1 (baseline x86-64), 3 (AVX2) or 4 (AVX-512) with `forced_cpp_isa`.
+_cpp_isa = [0]
+
+
+def cpp_isa_levels() -> tuple[int, ...]:
+    """Instruction-set levels of the C++ scan that run on this CPU."""
+    best = _backends.cpp_module().vq_nearest_best_isa()
+    return tuple(level for level in (1, 3, 4) if level <= best)
+
+
+@contextlib.contextmanager
+def forced_cpp_isa(level: int):
+    """Run the C++ scan at instruction-set ``level`` (one of :func:`cpp_isa_levels`) inside the block."""
+    if level not in cpp_isa_levels():
+        raise ValueError(f"{OP}: instruction-set level {level} does not run here; levels: {cpp_isa_levels()}")
+    previous = _cpp_isa[0]
+    _cpp_isa[0] = level
+    try:
+        yield
+    finally:
+        _cpp_isa[0] = previous
+
+
+# ----------------------------------------------------------------------------- backends
+# Each launcher fills preallocated (N, k) int64 indices and float32 distances.
+
+
+def _forward_cpp(x, codebook, indices, dist, metric, precision):
+    _backends.cpp_module().vq_nearest(
+        _native.mat(x), _native.mat(codebook), indices.data_ptr(), dist.data_ptr(),
+        x.shape[0], codebook.shape[0], x.shape[1], indices.shape[1], _native.DTYPE_CODES[x.dtype],
+        METRICS[metric], _cpp_isa[0], _native.num_threads(),
+    )
+
+
+def _forward_cuda(x, codebook, indices, dist, metric, precision):
+    module = _backends.cuda_module()
+    n, codes, dim, k = x.shape[0], codebook.shape[0], x.shape[1], indices.shape[1]
+    nbytes = module.vq_nearest_workspace_bytes(n, codes, dim, k)
+    workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
+    module.vq_nearest(
+        _native.mat(x), _native.mat(codebook), indices.data_ptr(), dist.data_ptr(), n, codes, dim, k,
+        _native.DTYPE_CODES[x.dtype], METRICS[metric], workspace.data_ptr(), _native.cuda_stream(x),
+    )
+
+
+def _forward_triton(x, codebook, indices, dist, metric, precision):
+    _backends.triton_kernels().vq_nearest.forward(x, codebook, indices, dist, METRICS[metric], precision == "fast")
+
+
+_FORWARD = {"cpp": _forward_cpp, "cuda": _forward_cuda, "triton": _forward_triton}
+
+
+def _forward(x, codebook, metric: str, k: int, precision: str, backend: str):
+    name = _backends.resolve(OP, backend, x.device.type)
+    if name == "reference":
+        indices, dist = reference.vq_nearest(x, codebook, metric, k)
+        return indices.contiguous(), dist.contiguous()
+    n = x.shape[0]
+    indices = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    dist = torch.empty(n, k, dtype=torch.float32, device=x.device)
+    if n > 0:
+        _FORWARD[name](x, codebook, indices, dist, metric, precision)
+    if k == 1:
+        return indices.view(n), dist.view(n)
+    return indices, dist
+
+
+# ----------------------------------------------------------------------------- custom op
+# The path torch.compile, fake tensors and torch.library.opcheck see.
+
+
+@torch.library.custom_op("pyprobtf::vq_nearest", mutates_args=())
+def _vq_nearest_op(
+    x: torch.Tensor, codebook: torch.Tensor, metric: str, k: int, precision: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(x, codebook, metric, k, precision, backend)
+
+
+@_vq_nearest_op.register_fake
+def _(x, codebook, metric, k, precision, backend):
+    shape = (x.shape[0],) if k == 1 else (x.shape[0], k)
+    return x.new_empty(shape, dtype=torch.int64), x.new_empty(shape, dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- public op
+
+
+def vq_nearest(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    *,
+    metric: str = "l2",
+    k: int = 1,
+    precision: str = "exact",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest codebook rows of each row of ``x``, without the N x K distance matrix.
+
+    Args:
+        x: queries, shape ``(N, D)``; float32, float64, float16 or bfloat16,
+            any strides.
+        codebook: codes, shape ``(K, D)`` with ``K >= 1``; the dtype and
+            device of ``x``, any strides.
+        metric: ``"l2"`` (squared Euclidean distance ``|x - e|^2``),
+            ``"cosine"`` (``1 - cos(x, e)``) or ``"dot"`` (``-x.e``).
+        k: how many codes per row, ``1 <= k <= K``.
+        precision: ``"exact"`` or ``"fast"``. Both return the float64 answer
+            (see below); ``"fast"`` lets the Triton backend scan float32 data
+            with TF32 tensor cores before the exact re-scoring. The other
+            backends run the same code for both.
+        backend: ``"auto"`` (the fastest verified backend for the device),
+            ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
+
+    Returns:
+        ``(indices, dist)``: int64 codebook indices and their float32
+        distances, shape ``(N,)`` for ``k = 1`` and ``(N, k)`` otherwise,
+        ordered by distance (NaN last), ties to the lower index. Each row's
+        codes are the float64 minimum (the contract allows them to be off by
+        ``8 * 2^-24 * (|x|^2 + max |e|^2)``; these backends are exact up to
+        float64 rounding). Not differentiable.
+
+    Memory: ``O(N k + K D)`` (the codebook is repacked once); distances are
+    reduced as they are computed, never stored. The reference backend works
+    in blocks of rows (at most about 32 MiB of float64 distances at a time).
+
+    Example:
+        >>> codebook = torch.randn(512, 64)
+        >>> z = torch.randn(10000, 64)
+        >>> idx, dist = vq_nearest(z, codebook)              # (10000,), (10000,)
+        >>> top4, d4 = vq_nearest(z, codebook, k=4, metric="cosine")  # (10000, 4)
+    """
+    _validate.tensor(OP, "x", x)
+    if x.dim() != 2:
+        raise ValueError(f"{OP}: `x` must be 2-D, (N, D); got shape {tuple(x.shape)}")
+    _validate.tensor(OP, "codebook", codebook)
+    if codebook.dim() != 2:
+        raise ValueError(f"{OP}: `codebook` must be 2-D, (K, D); got shape {tuple(codebook.shape)}")
+    if codebook.dtype != x.dtype:
+        raise TypeError(f"{OP}: `codebook` must have the dtype of `x`, {x.dtype}; got {codebook.dtype}")
+    if codebook.device != x.device:
+        raise ValueError(f"{OP}: `codebook` must be on the device of `x`, {x.device}; got {codebook.device}")
+    if codebook.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"{OP}: `codebook` must have the row length D of `x`, {x.shape[1]}; got shape {tuple(codebook.shape)}"
+        )
+    if codebook.shape[0] == 0:
+        raise ValueError(f"{OP}: `codebook` must have at least one row; got shape {tuple(codebook.shape)}")
+    _validate.choice(OP, "metric", metric, tuple(METRICS))
+    k = _validate.integer(OP, "k", k, 1, codebook.shape[0])
+    _validate.choice(OP, "precision", precision, PRECISIONS)
+    _validate.choice(OP, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
+    x, codebook = x.detach(), codebook.detach()
+    if _backends.use_custom_op(x, codebook):
+        return _vq_nearest_op(x, codebook, metric, k, precision, backend)
+    return _forward(x, codebook, metric, k, precision, backend)
