@@ -1,0 +1,17 @@
+"""The generative families, each a :class:`pyprobtf.ProbabilityTransform` built as ``Family(dim=d)``.
+
+- :class:`RealNVP`: affine-coupling normalizing flow; exact ``log_prob``, ``inverse``.
+- :class:`Diffusion`: score-based diffusion (VP/DDPM or EDM); sampling by the
+  probability-flow ODE, the reverse SDE or annealed Langevin; ``log_prob`` by the ODE.
+- :class:`FlowMatching`: conditional flow matching on the linear path, with
+  optional minibatch optimal-transport pairing; sampling and ``log_prob`` by ODE.
+- :class:`ContinuousFlow`: a neural-ODE flow trained by maximum likelihood
+  (Hutchinson trace estimator).
+"""
+
+from pyprobtf.families.continuous_flow import ContinuousFlow
+from pyprobtf.families.diffusion import Diffusion
+from pyprobtf.families.flow_matching import FlowMatching
+from pyprobtf.families.realnvp import RealNVP
+
+__all__ = ["ContinuousFlow", "Diffusion", "FlowMatching", "RealNVP"]

@@ -1,0 +1,98 @@
+"""Flow matching on the linear path, with optional minibatch optimal-transport pairing.
+
+The path from a base draw ``z`` (``t = 0``) to a data point ``x`` (``t = 1``)
+is ``x_t = (1 - (1 - sigma_min) t) z + t x`` (a straight line; ``sigma_min = 0``
+by default); its velocity is ``u = x - (1 - sigma_min) z``. The conditional
+flow-matching loss regresses a field ``v(x_t, t)`` on ``u``:
+``E_{t, z, x} |v(x_t, t) - u|^2``, whose minimiser is the marginal velocity
+that carries the base to the data. ``F`` is the solution map of
+``dx/dt = v(x, t)`` from 0 to 1; ``log_prob`` integrates ``-div v`` along it.
+
+Minibatch OT (``ot="exact"`` or ``"sinkhorn"``) re-pairs each batch's ``z``
+with its ``x`` to (nearly) minimise ``sum |x - z|^2`` before building the
+paths: straighter, lower-variance targets (Tong et al. 2023; Pooladian et al. 2023).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from pyprobtf import ot as _ot
+from pyprobtf.families._nets import TimeField, check_activation, check_hidden
+from pyprobtf.families._ode import ODEFamily
+
+OT_CHOICES = (None, "exact", "sinkhorn")
+
+
+class FlowMatching(ODEFamily):
+    """Conditional flow matching (Lipman et al. 2023; Liu et al. 2023) for vectors.
+
+    Args:
+        dim: data dimension.
+        hidden, activation, x_frequencies: the velocity network, an MLP on ``[x, Fourier(x), Fourier(t),
+            context]`` (``x_frequencies`` Fourier frequencies per coordinate, scaled to the data's std by
+            :meth:`initialize`).
+        ot: minibatch optimal-transport pairing of noise and data: ``None``
+            (independent pairs), ``"exact"`` (optimal assignment; needs SciPy)
+            or ``"sinkhorn"`` (entropic plan, plain torch; for large batches).
+        sinkhorn_reg: Sinkhorn's regularisation as a share of the mean cost.
+        sigma_min: width of the conditional path at the data end.
+        ode_steps, ode_method: the solver for ``transform``/``inverse``/``sample``.
+        log_prob_steps: RK4 steps for ``log_prob`` and the log-determinants.
+        divergence: ``"auto"`` (exact for ``dim <= 16``), ``"exact"`` or ``"hutchinson"``.
+        base, context_dim: see :class:`~pyprobtf.ProbabilityTransform`.
+
+    Example:
+        >>> from pyprobtf import fit
+        >>> from pyprobtf.data import toy
+        >>> model = FlowMatching(dim=2)
+        >>> _ = fit(model, toy("checkerboard", 10_000), steps=50, progress=False)
+        >>> model.sample(4, seed=0).shape
+        torch.Size([4, 2])
+    """
+
+    fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 5e-3, "warmup": 200, "lr_final": 0.01}
+
+    def __init__(self, dim: int, *, hidden=(128, 128, 128), activation: str = "relu", x_frequencies: int = 4,
+                 ot: str | None = None, sinkhorn_reg: float = 0.05, sigma_min: float = 0.0, ode_steps: int = 32,
+                 ode_method: str = "rk4", log_prob_steps: int = 64, divergence: str = "auto", n_probes: int = 1,
+                 base=None, context_dim: int = 0):
+        super().__init__(dim, ode_steps=ode_steps, ode_method=ode_method, log_prob_steps=log_prob_steps,
+                         divergence=divergence, n_probes=n_probes, base=base, context_dim=context_dim)
+        name = type(self).__name__
+        if ot not in OT_CHOICES:
+            raise ValueError(f"{name}: `ot` must be None, 'exact' or 'sinkhorn'; got {ot!r}")
+        if ot is not None and context_dim:
+            raise ValueError(f"{name}: minibatch OT re-pairs noise across the whole batch, which breaks the "
+                             f"conditional distributions of a model with context; use ot=None")
+        if not (isinstance(sigma_min, numbers.Real) and 0 <= sigma_min < 1):
+            raise ValueError(f"{name}: `sigma_min` must be in [0, 1); got {sigma_min!r}")
+        if not (isinstance(sinkhorn_reg, numbers.Real) and sinkhorn_reg > 0):
+            raise ValueError(f"{name}: `sinkhorn_reg` must be positive; got {sinkhorn_reg!r}")
+        self.ot, self.sinkhorn_reg, self.sigma_min = ot, float(sinkhorn_reg), float(sigma_min)
+        self.net = TimeField(dim, check_hidden(name, hidden), context_dim=context_dim,
+                             activation=check_activation(name, activation), x_frequencies=x_frequencies)
+
+    def velocity(self, x, t, context=None):
+        """``v(x, t)``, ``t`` in [0, 1] (a float or a ``(B,)`` tensor)."""
+        return self.net(x, t, context)
+
+    def pair(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``z`` reordered to pair with ``x`` by the model's ``ot`` choice."""
+        if self.ot is None:
+            return z
+        if self.ot == "exact":
+            return z[_ot.exact_pairing(z, x)]
+        return z[_ot.sinkhorn_pairing(z, x, reg=self.sinkhorn_reg)]
+
+    def loss(self, batch):
+        """Conditional flow-matching loss: mean over the batch of ``|v(x_t, t) - u|^2`` (summed over coordinates)."""
+        x, context = self.split_batch(batch)
+        with torch.no_grad():
+            z = self.pair(self.base.sample((x.shape[0],)).to(x), x)
+        t = torch.rand(x.shape[0], 1, dtype=x.dtype, device=x.device)
+        xt = (1 - (1 - self.sigma_min) * t) * z + t * x
+        target = x - (1 - self.sigma_min) * z
+        return (self.velocity(xt, t.squeeze(1), context) - target).square().sum(1).mean()
