@@ -198,7 +198,6 @@ def _nonfinite_rows(parts, idx) -> list[int]:
 def _adamw(params, opts) -> torch.optim.AdamW:
     """AdamW, fused where torch has the fused kernel for these tensors (on a CPU, 5x faster than the
     per-tensor loop for the small networks here), else the default implementation."""
-    try:
     kwargs = {"lr": opts["lr"], "weight_decay": opts["weight_decay"], "betas": tuple(float(b) for b in opts["betas"])}
     try:
         return torch.optim.AdamW(params, fused=True, **kwargs)
