@@ -205,7 +205,9 @@ class ProbabilityTransform(nn.Module):
             return self.prior.as_distribution()
         if self._fixed_base is not None:
             return self._fixed_base
-        return Independent(Normal(self._base_loc, self._base_scale), 1)
+        # No argument validation: it costs time at every call, and NaN must propagate to fit's
+        # own check (which names the step) rather than fail inside torch.distributions.
+        return Independent(Normal(self._base_loc, self._base_scale, validate_args=False), 1, validate_args=False)
 
     @property
     def device(self) -> torch.device:

@@ -298,19 +298,18 @@ def test_gan_learned_prior_gets_gradients_through_the_generator():
 
 def test_discriminator_flow_pool_moves_one_step_per_training_step():
     torch.manual_seed(0)
-    model = DiscriminatorFlow(dim=2, steps=3, particles=8, hidden=(16,), step_size=0.5)
+    model = DiscriminatorFlow(dim=2, steps=3, particles=8, hidden=(16,), step_size=0.5, max_step=None)
     x = toy("8gaussians", 64, seed=0)
     model.initialize(x)
     model.train()
     model.loss(x)
     assert bool(model.pool_ready)
     pool = model.pool.clone()
-    model.loss(x)  # same weights: stage k+1 is now stage k moved by the current field
-    times = torch.full((8,), 0.0)
+    model.loss(x)  # same weights: stage k+1 is now stage k moved by step k's logit gradient
     for k in range(2):
-        moved = pool[k] + 0.5 * torch.autograd.functional.vjp(
-            lambda v: model.discriminator(v, times + k / 3), pool[k], torch.ones(8))[1]
-        assert torch.allclose(model.pool[k + 1], moved, atol=1e-5)
+        heads = torch.full((8,), k)
+        grad = torch.autograd.functional.vjp(lambda v: model.discriminator(v, heads), pool[k], torch.ones(8))[1]
+        assert torch.allclose(model.pool[k + 1], pool[k] + 0.5 * grad, atol=1e-5)
     # F is the flow: K steps from z, each along the discriminator's gradient at that step
     z = torch.randn(5, 2)
     traj = model.trajectory(z)
@@ -319,10 +318,15 @@ def test_discriminator_flow_pool_moves_one_step_per_training_step():
     for k in range(3):
         y = y + model.velocity(y, k)
     assert torch.allclose(model.scaler.inverse(y), traj.states[-1], atol=1e-5)
+    # max_step bounds every move
+    model.max_step = 1e-3
+    assert float(model.velocity(10 * torch.randn(50, 2), 1).norm(dim=1).max()) <= 1e-3 * 1.01  # (y + move) - y rounds
     with pytest.raises(ValueError, match="`steps` must be an int >= 1"):
         DiscriminatorFlow(dim=2, steps=0)
     with pytest.raises(ValueError, match="`step_size`"):
         DiscriminatorFlow(dim=2, step_size=0.0)
+    with pytest.raises(ValueError, match="`max_step`"):
+        DiscriminatorFlow(dim=2, max_step=-1.0)
 
 
 def test_discriminator_flow_rsample_is_differentiable():

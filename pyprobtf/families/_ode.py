@@ -59,6 +59,14 @@ class ODEFamily(ProbabilityTransform):
         # Exact divergence costs one backward pass per dimension: cheap for small dim only.
         self.divergence = ("exact" if dim <= 16 else "hutchinson") if divergence == "auto" else divergence
 
+    @torch.no_grad()
+    def initialize(self, batch) -> None:
+        """Set the network's input scale (``net.x_features.scale``) to the data's std."""
+        x, _ = self.split_batch(batch, "initialize")
+        features = getattr(getattr(self, "net", None), "x_features", None)
+        if features is not None and x.shape[0] > 1:
+            features.scale.fill_(float(x.std(0).mean().clamp_min(1e-3)))
+
     # -------------------------------------------------------------- to implement
     def velocity(self, x: torch.Tensor, t, context=None) -> torch.Tensor:
         raise NotImplementedError
@@ -128,6 +136,7 @@ class ODEFamily(ProbabilityTransform):
         with torch.no_grad():
             _, states = solvers.sample_ode(self._field(context), z, times, method=method or self.ode_method,
                                            return_trajectory=True)
-        return Trajectory(list(states), [f"{self.clock}={t:.4g}" for t in times])
+        # The first state is z itself (labelled "z", as in every family's trajectory).
+        return Trajectory(list(states), ["z"] + [f"{self.clock}={t:.4g}" for t in times[1:]])
 
     clock = "t"

@@ -65,10 +65,11 @@ class Autoencoder(LatentFamily):
     """
 
     capabilities = frozenset()
-    fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 2e-3, "warmup": 200, "lr_final": 0.01}
+    fit_defaults = {"steps": 20_000, "batch_size": 256, "lr": 3e-3, "warmup": 200, "lr_final": 0.01,
+                    "betas": (0.5, 0.9)}
 
-    def __init__(self, dim: int, *, latent_dim: int | None = None, hidden=(256, 256), activation: str = "silu",
-                 denoising: str | None = None, corruption: float = 0.1, latent_penalty: float = 1.0,
+    def __init__(self, dim: int, *, latent_dim: int | None = None, hidden=(128, 128), activation: str = "relu",
+                 denoising: str | None = "gaussian", corruption: float = 0.2, latent_penalty: float = 30.0,
                  n_projections: int = 64, latent_momentum: float = 0.99, normalize: bool = True):
         name = type(self).__name__
         super().__init__(dim, default_latent_dim(dim, latent_dim, 8), normalize=normalize)

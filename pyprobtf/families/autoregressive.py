@@ -76,12 +76,16 @@ class CausalTransformer(nn.Module):
     and returns ``(B, L + 1, vocab)`` logits; position ``i`` predicts token ``i``.
     """
 
-    def __init__(self, length: int, vocab: int, *, d_model: int, layers: int, heads: int, ff_mult: int = 4):
+    def __init__(self, length: int, vocab: int, *, d_model: int, layers: int, heads: int, ff_mult: int = 4,
+                 dropout: float = 0.0):
         super().__init__()
         self.length, self.vocab = length, vocab
         self.embed = nn.Embedding(vocab + 1, d_model)  # the last id is the start token
+        # Token and position embeddings start at the same small scale (GPT-2's 0.02), so the position is
+        # as visible to the first layer as the token is.
+        nn.init.normal_(self.embed.weight, std=0.02)
         self.position = nn.Parameter(torch.randn(length, d_model) * 0.02)
-        block = nn.TransformerEncoderLayer(d_model, heads, ff_mult * d_model, dropout=0.0, activation="gelu",
+        block = nn.TransformerEncoderLayer(d_model, heads, ff_mult * d_model, dropout=dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
@@ -108,6 +112,7 @@ class Autoregressive(ProbabilityTransform):
         bounds: continuous data: ``(low, high)`` for every coordinate; ``None`` fits them to the data
             (``initialize``, with a margin of ``margin`` times the range on each side).
         d_model, layers, heads: the transformer's width, depth and attention heads.
+        dropout: dropout in the transformer's blocks while training (a regulariser for small data sets).
         temperature, top_k, top_p, min_p: the sampling options (see :func:`pyprobtf.ops.sample_logits`).
 
     Example:
@@ -127,7 +132,7 @@ class Autoregressive(ProbabilityTransform):
     sampling_options = SAMPLING_OPTIONS
 
     def __init__(self, dim: int, *, bins: int = 64, vocab_size: int | None = None, bounds=None,
-                 margin: float = 0.05, d_model: int = 64, layers: int = 2, heads: int = 4,
+                 margin: float = 0.05, d_model: int = 64, layers: int = 2, heads: int = 4, dropout: float = 0.0,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0):
         super().__init__(dim)
         name = type(self).__name__
@@ -140,7 +145,8 @@ class Autoregressive(ProbabilityTransform):
             raise ValueError(f"{name}: `d_model` must be a multiple of `heads`; got {d_model} and {heads}")
         self.sampling = self._check_sampling(name, {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                                                     "min_p": min_p})
-        self.net = CausalTransformer(self.dim, self.vocab, d_model=d_model, layers=layers, heads=heads)
+        self.net = CausalTransformer(self.dim, self.vocab, d_model=d_model, layers=layers, heads=heads,
+                                     dropout=check_real(name, "dropout", dropout, 0.0, 1.0, high_open=True))
         self.register_buffer("low", torch.zeros(self.dim))
         self.register_buffer("width", torch.ones(self.dim))
         self.register_buffer("bounded", torch.tensor(self.tokens_mode))

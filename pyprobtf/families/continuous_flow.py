@@ -24,8 +24,9 @@ class ContinuousFlow(ODEFamily):
 
     Args:
         dim: data dimension.
-        hidden, activation: the velocity network (an MLP on ``[x, Fourier(t), context]``;
-            a smooth activation keeps the ODE easy to solve).
+        hidden, activation, x_frequencies: the velocity network, an MLP on ``[x, Fourier(x), Fourier(t),
+            context]`` (a smooth activation keeps the ODE easy to solve; the Fourier features of ``x``
+            are scaled to the data's std by :meth:`initialize`).
         train_steps: RK4 steps of the likelihood solve during training.
         train_divergence: ``"hutchinson"`` (default) or ``"exact"`` during training.
         ode_steps, ode_method: the solver for ``transform``/``inverse``/``sample``.
@@ -46,7 +47,8 @@ class ContinuousFlow(ODEFamily):
     fit_defaults = {"steps": 5000, "batch_size": 256, "lr": 2e-3, "warmup": 100, "lr_final": 0.02,
                     "grad_clip": 10.0}
 
-    def __init__(self, dim: int, *, hidden=(64, 64, 64), activation: str = "tanh", train_steps: int = 8,
+    def __init__(self, dim: int, *, hidden=(64, 64, 64), activation: str = "tanh", x_frequencies: int = 4,
+                 train_steps: int = 8,
                  train_divergence: str = "hutchinson", ode_steps: int = 32, ode_method: str = "rk4",
                  log_prob_steps: int = 64, divergence: str = "auto", n_probes: int = 1, base=None,
                  context_dim: int = 0):
@@ -58,7 +60,7 @@ class ContinuousFlow(ODEFamily):
             raise ValueError(f"{name}: `train_divergence` must be 'exact' or 'hutchinson'; got {train_divergence!r}")
         self.train_divergence = train_divergence
         self.net = TimeField(dim, check_hidden(name, hidden), context_dim=context_dim,
-                             activation=check_activation(name, activation))
+                             activation=check_activation(name, activation), x_frequencies=x_frequencies)
 
     def velocity(self, x, t, context=None):
         """``v(x, t)``, ``t`` in [0, 1]."""

@@ -46,56 +46,16 @@ VP_SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ode", "sde", "langevin")
 
 
-class _VPClock:
-    """alpha(t), sigma(t), f(t), g^2(t) of a VP schedule, for floats and tensors alike."""
-
-    def __init__(self, schedule: str, beta_min: float, beta_max: float, cosine_s: float = 0.008):
-        self.schedule, self.beta_min, self.beta_max, self.s = schedule, beta_min, beta_max, cosine_s
-
-    def log_alpha_bar(self, t):
-        if self.schedule == "linear":
-            return -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)
-        # cosine (Nichol & Dhariwal): alpha_bar = cos^2(pi/2 (t+s)/(1+s)) / cos^2(pi/2 s/(1+s))
-        lib = torch if isinstance(t, torch.Tensor) else math
-        c0 = math.cos(0.5 * math.pi * self.s / (1 + self.s))
-        return 2 * lib.log(lib.cos(0.5 * math.pi * (t + self.s) / (1 + self.s))) - 2 * math.log(c0)
-
-    def beta(self, t):
-        """-d log alpha_bar / dt."""
-        if self.schedule == "linear":
-            return self.beta_min + (self.beta_max - self.beta_min) * t
-        lib = torch if isinstance(t, torch.Tensor) else math
-        a = 0.5 * math.pi * (t + self.s) / (1 + self.s)
-        return math.pi / (1 + self.s) * lib.tan(a)
-
-    def alpha(self, t):
-        lib = torch if isinstance(t, torch.Tensor) else math
-        return lib.exp(0.5 * self.log_alpha_bar(t))
-
-    def sigma(self, t):
-        if isinstance(t, torch.Tensor):
-            return torch.sqrt(-torch.expm1(self.log_alpha_bar(t)))
-        return math.sqrt(-math.expm1(self.log_alpha_bar(t)))
-
-    def t_of_ratio(self, ratio: float, t_min: float, t_max: float) -> float:
-        """The t where sigma/alpha = ratio (bisection: sigma/alpha increases with t)."""
-        lo, hi = t_min, t_max
-        for _ in range(100):
-            mid = 0.5 * (lo + hi)
-            if self.sigma(mid) / self.alpha(mid) < ratio:
-                lo = mid
-            else:
-                hi = mid
-        return 0.5 * (lo + hi)
-
-
 class Diffusion(ODEFamily):
     """A score-based diffusion model for vectors (see the module docstring).
 
     Args:
         dim: data dimension.
         parameterization: ``"edm"`` (default) or ``"vp"`` (DDPM).
-        hidden, activation: the network (an MLP on ``[x, Fourier(t), context]``).
+        hidden, activation, x_frequencies: the network, an MLP on ``[x, Fourier(x), Fourier(t), context]``
+            (EDM feeds it ``c_in x``, of unit variance). ReLU by default: with EDM's preconditioning
+            the network must learn only the non-linear part of the denoiser, and a SiLU MLP sat on a
+            plateau for thousands of steps on the 2-D sets where a ReLU one did not.
         sigma_min, sigma_max: EDM's noise range (the data end and the base end).
         P_mean, P_std: EDM's training noise distribution, ``ln(sigma / sigma_data) ~ N(P_mean, P_std^2)``.
         sigma_data: the data's std for EDM's preconditioning; ``None``: 1 until
@@ -118,10 +78,11 @@ class Diffusion(ODEFamily):
         torch.Size([4, 2])
     """
 
-    fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 2e-3, "warmup": 200, "lr_final": 0.01}
+    fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 5e-3, "warmup": 200, "lr_final": 0.01}
 
-    def __init__(self, dim: int, *, parameterization: str = "edm", hidden=(256, 256, 256),
-                 activation: str = "silu", sigma_min: float = 0.002, sigma_max: float = 80.0,
+    def __init__(self, dim: int, *, parameterization: str = "edm", hidden=(128, 128, 128),
+                 activation: str = "relu", x_frequencies: int = 4, sigma_min: float = 0.002,
+                 sigma_max: float = 80.0,
                  P_mean: float = -0.5, P_std: float = 1.5, sigma_data: float | None = None,
                  schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3,
                  rho: float = 7.0, ode_steps: int = 32, ode_method: str = "heun", sde_steps: int = 256,
@@ -154,29 +115,32 @@ class Diffusion(ODEFamily):
         self.langevin_step = float(langevin_step)
         self.register_buffer("sigma_data", torch.tensor(1.0 if sigma_data is None else float(sigma_data)))
         self._measure_sigma_data = sigma_data is None
-        self.vp = _VPClock(schedule, float(beta_min), float(beta_max))
+        self.schedule = solvers.vp_linear(beta_min, beta_max) if schedule == "linear" else solvers.vp_cosine()
         if parameterization == "edm":
             self.t_data, self.t_base, self.clock = self.sigma_min, self.sigma_max, "sigma"
         else:
             self.t_data, self.t_base, self.clock = float(t_min), 1.0, "t"
         self.net = TimeField(dim, check_hidden(name, hidden), context_dim=context_dim,
-                             activation=check_activation(name, activation))
+                             activation=check_activation(name, activation), x_frequencies=x_frequencies)
 
     # -------------------------------------------------------------- the noising process
     def alpha(self, t):
-        return self.vp.alpha(t) if self.parameterization == "vp" else (t * 0 + 1 if isinstance(t, torch.Tensor)
-                                                                       else 1.0)
+        """Signal scale at time ``t`` (a float or a tensor)."""
+        if self.parameterization == "vp":
+            return self.schedule.alpha(t)
+        return torch.ones_like(t) if isinstance(t, torch.Tensor) else 1.0
 
     def sigma(self, t):
-        return self.vp.sigma(t) if self.parameterization == "vp" else t
+        """Noise scale at time ``t``."""
+        return self.schedule.sigma(t) if self.parameterization == "vp" else t
 
     def drift_coef(self, t: float) -> float:
         """f(t) in dx = f x dt + g dW."""
-        return -0.5 * self.vp.beta(t) if self.parameterization == "vp" else 0.0
+        return -0.5 * self.schedule.beta(t) if self.parameterization == "vp" else 0.0
 
     def diffusion_sq(self, t: float) -> float:
         """g(t)^2."""
-        return self.vp.beta(t) if self.parameterization == "vp" else 2.0 * t
+        return self.schedule.beta(t) if self.parameterization == "vp" else 2.0 * t
 
     @property
     def base_scale(self) -> float:
@@ -210,6 +174,12 @@ class Diffusion(ODEFamily):
             return -self.predict_eps(x, t, context) / self.sigma(t)
         return (self.denoise(x, t, context) - x) / (t * t)
 
+    def _field(self, context):
+        if self.parameterization == "edm":
+            # The solvers step EDM fields on the denoiser's outputs directly (fewer passes).
+            return solvers.edm_field(lambda x, sigma: self.denoise(x, sigma, context))
+        return super()._field(context)
+
     def velocity(self, x, t, context=None):
         """The probability-flow ODE's field ``dx/dt = f x - g^2 score / 2``."""
         if self.parameterization == "edm":
@@ -219,9 +189,12 @@ class Diffusion(ODEFamily):
     # -------------------------------------------------------------- training
     @torch.no_grad()
     def initialize(self, batch) -> None:
-        """Measure ``sigma_data`` (EDM) from a batch of data, unless it was given."""
+        """EDM: measure ``sigma_data`` from a batch of data (unless it was given); the network sees
+        ``c_in x``, of unit variance. VP: set the network's input scale to the data's std."""
         x, _ = self.split_batch(batch, "initialize")
-        if self._measure_sigma_data and x.shape[0] > 1:
+        if self.parameterization == "vp":
+            super().initialize(batch)
+        elif self._measure_sigma_data and x.shape[0] > 1:
             self.sigma_data.fill_(float(x.std(0).mean().clamp_min(1e-3)))
 
     def loss(self, batch):
@@ -246,11 +219,11 @@ class Diffusion(ODEFamily):
             grid = solvers.karras_sigmas(n_steps + 1, self.sigma_min, self.sigma_max, rho=self.rho,
                                          append_zero=False)
         else:
-            # The same spacing of the noise-to-signal ratio sigma/alpha, mapped back to VP times.
-            lo = self.sigma(self.t_data) / self.alpha(self.t_data)
-            hi = self.sigma(1.0) / self.alpha(1.0)
-            ratios = solvers.karras_sigmas(n_steps + 1, lo, hi, rho=self.rho, append_zero=False)
-            grid = [1.0] + [self.vp.t_of_ratio(r, self.t_data, 1.0) for r in ratios[1:-1]] + [self.t_data]
+            # The same spacing of the noise-to-signal ratio sigma/alpha (EDM's sigma of the scaled
+            # state x / alpha), mapped back to VP times.
+            ratios = solvers.karras_sigmas(n_steps + 1, self.schedule.edm_sigma(self.t_data),
+                                           self.schedule.edm_sigma(self.t_base), rho=self.rho, append_zero=False)
+            grid = [self.t_base] + [self.schedule.t_from_edm_sigma(r) for r in ratios[1:-1]] + [self.t_data]
         grid = [float(v) for v in grid]
         return grid if towards_data else grid[::-1]
 
@@ -275,6 +248,7 @@ class Diffusion(ODEFamily):
 
     def log_prob(self, x, context=None, *, steps=None, seed=0):
         """``log p(x)`` through the probability-flow ODE (see :meth:`ODEFamily.log_prob`)."""
+        x, context = self._prep(x, "log_prob", "x", context)
         z, ladj = self.inverse_and_ladj(x, context, steps=steps, seed=seed)
         return self.base.log_prob(z) + ladj
 
@@ -283,15 +257,12 @@ class Diffusion(ODEFamily):
         z, context = self._prep(z, "trajectory", "z", context)
         with torch.no_grad():
             _, states, times = self._sample_from(z, context, method, steps, seed)
-        if len(states) == len(times):
-            labels = [f"{self.clock}={t:.4g}" for t in times]
-        else:  # a sampler that records more (or fewer) states than noise levels
-            labels = [f"step {k}" for k in range(len(states))]
+        labels = [f"{self.clock}={t:.4g}" for t in times]
         return Trajectory([z] + list(states), ["z"] + labels)
 
     # -------------------------------------------------------------- samplers
     def _sample_from(self, z, context, method, steps, seed):
-        """(x, states, times) of sampler ``method`` started at ``z``."""
+        """(x, states, the time of each state) of sampler ``method`` started at ``z``."""
         if method not in SAMPLERS:
             raise ValueError(f"{type(self).__name__}: `method` must be one of {SAMPLERS}; got {method!r}")
         x_t = self._to_ode(z)
@@ -319,11 +290,13 @@ class Diffusion(ODEFamily):
         def score(x, s):
             return self.score(x, time_of[float(s)], context)
 
-        # annealed_langevin steps by eps * sigma^2 / sigma_min^2: choose eps for steps of langevin_step * sigma^2.
+        # annealed_langevin's Langevin steps are eps * sigma^2 / (2 sigma_min^2): this eps makes them
+        # langevin_step * sigma^2 at every level.
         x, states = solvers.annealed_langevin(score, x_t, sigmas, n_steps_each=self.langevin_steps,
-                                              eps=self.langevin_step * sigmas[-1] ** 2, seed=seed,
+                                              eps=2 * self.langevin_step * sigmas[-1] ** 2, seed=seed,
                                               return_trajectory=True)
-        return x, states, times
+        # The start, then one state per level (the last of its steps).
+        return x, states[::self.langevin_steps], [times[0]] + times
 
     def sample(self, n: int, *, seed: int | None = None, method: str = "ode", steps: int | None = None,
                context=None):

@@ -31,7 +31,9 @@ class FlowMatching(ODEFamily):
 
     Args:
         dim: data dimension.
-        hidden, activation: the velocity network (an MLP on ``[x, Fourier(t), context]``).
+        hidden, activation, x_frequencies: the velocity network, an MLP on ``[x, Fourier(x), Fourier(t),
+            context]`` (``x_frequencies`` Fourier frequencies per coordinate, scaled to the data's std by
+            :meth:`initialize`).
         ot: minibatch optimal-transport pairing of noise and data: ``None``
             (independent pairs), ``"exact"`` (optimal assignment; needs SciPy)
             or ``"sinkhorn"`` (entropic plan, plain torch; for large batches).
@@ -51,12 +53,12 @@ class FlowMatching(ODEFamily):
         torch.Size([4, 2])
     """
 
-    fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 2e-3, "warmup": 200, "lr_final": 0.01}
+    fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 5e-3, "warmup": 200, "lr_final": 0.01}
 
-    def __init__(self, dim: int, *, hidden=(256, 256, 256), activation: str = "silu", ot: str | None = None,
-                 sinkhorn_reg: float = 0.05, sigma_min: float = 0.0, ode_steps: int = 32, ode_method: str = "rk4",
-                 log_prob_steps: int = 64, divergence: str = "auto", n_probes: int = 1, base=None,
-                 context_dim: int = 0):
+    def __init__(self, dim: int, *, hidden=(128, 128, 128), activation: str = "relu", x_frequencies: int = 4,
+                 ot: str | None = None, sinkhorn_reg: float = 0.05, sigma_min: float = 0.0, ode_steps: int = 32,
+                 ode_method: str = "rk4", log_prob_steps: int = 64, divergence: str = "auto", n_probes: int = 1,
+                 base=None, context_dim: int = 0):
         super().__init__(dim, ode_steps=ode_steps, ode_method=ode_method, log_prob_steps=log_prob_steps,
                          divergence=divergence, n_probes=n_probes, base=base, context_dim=context_dim)
         name = type(self).__name__
@@ -71,7 +73,7 @@ class FlowMatching(ODEFamily):
             raise ValueError(f"{name}: `sinkhorn_reg` must be positive; got {sinkhorn_reg!r}")
         self.ot, self.sinkhorn_reg, self.sigma_min = ot, float(sinkhorn_reg), float(sigma_min)
         self.net = TimeField(dim, check_hidden(name, hidden), context_dim=context_dim,
-                             activation=check_activation(name, activation))
+                             activation=check_activation(name, activation), x_frequencies=x_frequencies)
 
     def velocity(self, x, t, context=None):
         """``v(x, t)``, ``t`` in [0, 1] (a float or a ``(B,)`` tensor)."""

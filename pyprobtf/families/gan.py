@@ -39,7 +39,7 @@ class GAN(LatentFamily):
 
     Args:
         dim: data dimension.
-        latent_dim: size of ``z`` (default ``min(dim, 8)``, at least 2... see ``default_latent_dim``).
+        latent_dim: size of ``z`` (default ``min(dim, 8)``).
         hidden, activation: the generator's hidden widths and activation.
         disc_hidden: the discriminator's hidden widths (default: ``hidden``).
         loss: ``"non-saturating"`` or ``"minimax"``.
@@ -58,9 +58,10 @@ class GAN(LatentFamily):
     """
 
     capabilities = frozenset()
-    fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 1e-3, "warmup": 200, "lr_final": 0.05}
+    fit_defaults = {"steps": 20_000, "batch_size": 256, "lr": 3e-3, "warmup": 200, "lr_final": 0.05,
+                    "betas": (0.5, 0.9)}
 
-    def __init__(self, dim: int, *, latent_dim: int | None = None, hidden=(256, 256), activation: str = "silu",
+    def __init__(self, dim: int, *, latent_dim: int | None = None, hidden=(128, 128), activation: str = "relu",
                  disc_hidden=None, loss: str = "non-saturating", gradient_penalty: float = 0.1, base=None,
                  normalize: bool = True):
         name = type(self).__name__

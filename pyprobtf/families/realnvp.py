@@ -16,7 +16,7 @@ import numbers
 import torch
 from torch import nn
 
-from pyprobtf.families._nets import MLP, check_activation, check_hidden
+from pyprobtf.families._nets import MLP, FourierFeatures, check_activation, check_hidden
 from pyprobtf.ops import affine_coupling
 from pyprobtf.transform import ProbabilityTransform, Trajectory
 
@@ -53,19 +53,28 @@ class Coupling(nn.Module):
     """Affine coupling: the coordinates ``transformed`` move by an affine map conditioned on the others."""
 
     def __init__(self, dim: int, transformed: list[int], hidden, activation: str, context_dim: int,
-                 scale_fn: str, clamp: float, backend: str):
+                 scale_fn: str, clamp: float, backend: str, x_frequencies: int = 0):
         super().__init__()
         kept = [i for i in range(dim) if i not in transformed]
         order = kept + transformed
         self.register_buffer("kept", torch.tensor(kept, dtype=torch.long), persistent=False)
         self.register_buffer("moved", torch.tensor(transformed, dtype=torch.long), persistent=False)
         self.register_buffer("unsort", torch.argsort(torch.tensor(order)), persistent=False)
-        self.net = MLP(len(kept) + context_dim, hidden, 2 * len(transformed), activation, zero_last=True)
+        self.features = FourierFeatures(len(kept), x_frequencies if kept else 0)
+        # With nothing to condition on (dim 1, no context), the layer is an affine map learnt through a
+        # constant input.
+        self.constant_input = self.features.size + context_dim == 0
+        n_in = max(self.features.size + context_dim, 1)
+        self.net = MLP(n_in, hidden, 2 * len(transformed), activation, zero_last=True)
         self.scale_fn, self.clamp, self.backend = scale_fn, clamp, backend
 
     def forward(self, z, context=None, inverse: bool = False):
         a, b = z[:, self.kept], z[:, self.moved]
-        h = self.net(a if context is None else torch.cat([a, context], 1))
+        if self.constant_input:
+            inputs = z.new_ones(z.shape[0], 1)
+        else:
+            inputs = self.features(a) if context is None else torch.cat([self.features(a), context], 1)
+        h = self.net(inputs)
         shift, scale = h.chunk(2, 1)
         b, ladj = affine_coupling(b, shift, scale, scale_fn=self.scale_fn, clamp=self.clamp, inverse=inverse,
                                   backend=self.backend)
@@ -97,6 +106,8 @@ class RealNVP(ProbabilityTransform):
         actnorm: put an ActNorm before every coupling layer.
         permutation: ``"random"`` (a fixed random permutation after every second
             coupling layer, seeded by the layer index), ``"reverse"`` or ``None``; only used when ``dim > 2``.
+        x_frequencies: Fourier features of the coupling networks' inputs (see
+            :class:`~pyprobtf.families._nets.FourierFeatures`).
         base, context_dim: see :class:`~pyprobtf.ProbabilityTransform`.
         backend: the affine_coupling backend (``"auto"``, ``"cpp"``, ``"reference"``, ...).
 
@@ -115,7 +126,8 @@ class RealNVP(ProbabilityTransform):
 
     def __init__(self, dim: int, *, layers: int = 10, hidden=(128, 128), activation: str = "silu",
                  scale_fn: str = "softclamp", clamp: float = 3.0, actnorm: bool = True,
-                 permutation: str | None = "random", base=None, context_dim: int = 0, backend: str = "auto"):
+                 permutation: str | None = "random", x_frequencies: int = 0, base=None, context_dim: int = 0,
+                 backend: str = "auto"):
         super().__init__(dim, base=base, context_dim=context_dim)
         name = type(self).__name__
         if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
@@ -132,7 +144,8 @@ class RealNVP(ProbabilityTransform):
             # Alternating masks: even layers move the odd coordinates, odd layers the even ones
             # (in 1-D there is nothing to condition on: the layer is an affine map of the context).
             moved = [i for i in range(dim) if i % 2 != k % 2] if dim > 1 else [0]
-            block.append(Coupling(dim, moved, hidden, activation, context_dim, scale_fn, clamp, backend))
+            block.append(Coupling(dim, moved, hidden, activation, context_dim, scale_fn, clamp, backend,
+                                  x_frequencies))
             if permutation is not None and dim > 2 and k % 2 == 1 and k < layers - 1:
                 if permutation == "reverse":
                     perm = torch.arange(dim - 1, -1, -1)
@@ -152,24 +165,28 @@ class RealNVP(ProbabilityTransform):
                 states.append(h)
         return h, total
 
+    def _checked(self, v, context, method, name="x"):
+        v = self.check_x(v, method, name)
+        return v, self.check_context(context, v.shape[0], method, like=v)
+
     def transform_and_ladj(self, z, context=None):
-        z = self.check_x(z, "transform_and_ladj", "z")
-        return self._run(z, self.check_context(context, z.shape[0], "transform_and_ladj", like=z), False)
+        return self._run(*self._checked(z, context, "transform_and_ladj", "z"), False)
 
     def transform(self, z, context=None):
-        return self.transform_and_ladj(z, context)[0]
+        return self._run(*self._checked(z, context, "transform", "z"), False)[0]
 
     def inverse_and_ladj(self, x, context=None):
-        x = self.check_x(x, "inverse_and_ladj")
-        return self._run(x, self.check_context(context, x.shape[0], "inverse_and_ladj", like=x), True)
+        return self._run(*self._checked(x, context, "inverse_and_ladj"), True)
+
+    def inverse(self, x, context=None):
+        return self._run(*self._checked(x, context, "inverse"), True)[0]
 
     def log_prob(self, x, context=None):
-        z, ladj = self.inverse_and_ladj(x, context)
+        z, ladj = self._run(*self._checked(x, context, "log_prob"), True)
         return self.base.log_prob(z) + ladj
 
     def trajectory(self, z, context=None):
-        z = self.check_x(z, "trajectory", "z")
-        context = self.check_context(context, z.shape[0], "trajectory", like=z)
+        z, context = self._checked(z, context, "trajectory", "z")
         states = [z]
         with torch.no_grad():
             self._run(z, context, False, states)

@@ -73,7 +73,7 @@ class VQVAE(LatentFamily):
     sampling_options = SAMPLING_OPTIONS
 
     def __init__(self, dim: int, *, slots: int | None = None, code_dim: int = 4, num_codes: int = 64,
-                 hidden=(128, 128), activation: str = "silu", beta: float = 0.25, ema: bool = True,
+                 hidden=(128, 128), activation: str = "relu", beta: float = 0.25, ema: bool = True,
                  decay: float = 0.95, kmeans_init: bool = True, dead_code_threshold: float = 1.0,
                  prior: str = "autoregressive", prior_d_model: int = 64, prior_layers: int = 2, prior_heads: int = 4,
                  normalize: bool = True):

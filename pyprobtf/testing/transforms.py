@@ -112,21 +112,23 @@ def jacobian_log_det(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor
 
 def check_log_det(model, z: torch.Tensor | None = None, *, n: int = 16, seed: int = 0, rtol: float | None = None,
                   atol: float | None = None, context=None) -> float:
-    """``transform_and_ladj(z)[1]`` against the autograd Jacobian's ``log|det|`` (and ``inverse_and_ladj``
-    at ``x = F(z)`` too, when the model has an inverse). Returns the largest absolute error."""
+    """``transform_and_ladj(z)[1]`` against ``log|det|`` of the autograd Jacobian of ``transform_and_ladj(z)[0]``
+    (and the same for ``inverse_and_ladj`` at ``x = F(z)``, when the model has an inverse). For an ODE
+    model both come from one solve, and they agree to the solver's order. Returns the largest error."""
     z = _inputs(model, z, n, seed)
     tol = 1e-8 if model.dtype == torch.float64 else 1e-3
     rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
     cond = _cond(context)
     with torch.no_grad():
         x, ladj = model.transform_and_ladj(z, **cond)
-    expected = jacobian_log_det(lambda v: model.transform(v, **cond), z)
+    # The Jacobian of the very map whose log-determinant is reported (for an ODE model, the same solve).
+    expected = jacobian_log_det(lambda v: model.transform_and_ladj(v, **cond)[0], z)
     assert_close(ladj, expected, rtol=rtol, atol=atol, what="log|det dF/dz| vs the autograd Jacobian")
     worst = float((ladj.double() - expected).abs().max()) if z.numel() else 0.0
     if "inverse" in model.capabilities:
         with torch.no_grad():
             _, inv_ladj = model.inverse_and_ladj(x, **cond)
-        expected_inv = jacobian_log_det(lambda v: model.inverse(v, **cond), x)
+        expected_inv = jacobian_log_det(lambda v: model.inverse_and_ladj(v, **cond)[0], x)
         assert_close(inv_ladj, expected_inv, rtol=rtol, atol=atol,
                      what="log|det dF^-1/dx| vs the autograd Jacobian")
         worst = max(worst, float((inv_ladj.double() - expected_inv).abs().max()) if x.numel() else 0.0)
@@ -198,43 +200,52 @@ def check_sample_reproducible(model, *, n: int = 64, seed: int = 0, **sample_kwa
     return True
 
 
-def check_op_against_reference(op: Callable, reference: Callable, *args, backends: Sequence[str] | None = None,
+def check_op_against_reference(op: Callable, reference: Callable, *args, backends: Sequence[str] | str | None = None,
                                rtol: float | None = None, atol: float | None = None, **kwargs) -> list[str]:
-    """Every backend of ``op`` against ``reference`` evaluated in float64 on the CPU.
+    """An op against its reference evaluated in float64 on the CPU.
 
-    ``op(*args, backend=name, **kwargs)`` is run for each backend in
-    ``backends`` (default: those :func:`pyprobtf.ops.available_backends` says run
-    on the device of the first tensor argument, leaving out Triton's slow CPU
-    interpreter); ``reference(*args, **kwargs)`` gets float64 CPU copies of the
-    floating-point tensors. Outputs (a tensor or a tuple of tensors) are
-    compared with the tolerances of their dtype (:func:`tolerance`), or
-    ``rtol``/``atol``. Returns the backends checked.
+    ``reference(*args, **kwargs)`` gets float64 CPU copies of the
+    floating-point tensor arguments; ``op(*args, **kwargs)`` gets them as
+    they are, once per backend in ``backends`` (as ``backend=name``): a list
+    of names, ``"available"`` (those :func:`pyprobtf.ops.available_backends`
+    says run on the first tensor's device, leaving out Triton's slow CPU
+    interpreter), or ``None`` (call ``op`` once, without ``backend``: a
+    user's own op). Outputs (a tensor or a tuple of tensors) are compared with
+    the tolerances of their dtype (:func:`tolerance`), or ``rtol``/``atol``.
+    Returns the backends checked (``["default"]`` for ``None``).
+
+    Example:
+        >>> check_op_against_reference(my_op, my_reference, x, y)
+        ['default']
     """
     from pyprobtf.ops import available_backends
     from pyprobtf.ops._backends import triton_interpreting
 
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     device = tensors[0].device.type if tensors else "cpu"
-    if backends is None:
+    if backends == "available":
+        interpreted = device == "cpu" and triton_interpreting()
         backends = [name for name, status in available_backends().items()
-                    if device in status.devices and not (name == "triton" and device == "cpu" and triton_interpreting())]
+                    if device in status.devices and not (name == "triton" and interpreted)]
 
     def as64(a):
         return a.detach().to("cpu", torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
     expected = reference(*[as64(a) for a in args], **kwargs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    for name in backends:
-        got = op(*args, backend=name, **kwargs)
+    runs = [(None, {})] if backends is None else [(name, {"backend": name}) for name in backends]
+    for name, extra in runs:
+        got = op(*args, **kwargs, **extra)
         got = got if isinstance(got, tuple) else (got,)
+        label = "op" if name is None else f"backend {name!r}"
         if len(got) != len(expected):
-            raise AssertionError(f"backend {name!r} returned {len(got)} outputs; the reference {len(expected)}")
+            raise AssertionError(f"{label} returned {len(got)} outputs; the reference {len(expected)}")
         for i, (g, e) in enumerate(zip(got, expected)):
             r, a = tolerance(g.dtype) if g.is_floating_point() else (0.0, 0.0)
             assert_close(g, e.to(torch.float64) if e.is_floating_point() else e,
                          rtol=r if rtol is None else rtol, atol=a if atol is None else atol,
-                         what=f"backend {name!r}, output {i}")
-    return list(backends)
+                         what=f"{label}, output {i}")
+    return ["default"] if backends is None else list(backends)
 
 
 def check_transform(model, *, n: int = 32, seed: int = 0, rtol: float | None = None, atol: float | None = None,
