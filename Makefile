@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_sampling.py
 	$(PY) benchmarks/bench_vq.py
 	$(PY) benchmarks/bench_families.py --threads 1
+	$(PY) benchmarks/bench_decoder_families.py --threads 1
 
 clean:
 	rm -rf build $(VENV)

@@ -131,3 +131,34 @@ def toy_log_prob(name: str, x: torch.Tensor) -> torch.Tensor:
         black = (torch.floor(x64[:, 0]) + torch.floor(x64[:, 1])).remainder(2) == 0
         out = torch.where(inside & black, -math.log(8), -math.inf)
     return out.to(x.dtype if x.is_floating_point() else torch.float64)
+
+
+# ----------------------------------------------------------------------------- 8x8 digits (issue 7)
+
+DIGITS_SHAPE = (8, 8)
+DIGITS_SPLITS = ("train", "test", "all")
+
+
+def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0) -> torch.Tensor:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images) as ``(n, 64)`` float32 in ``[0, 1]``.
+
+    Pixels are the data set's 17 grey levels divided by 16, row-major (``x.reshape(-1, 8, 8)``
+    gives the images). ``split``: ``"train"``, ``"test"`` (a fixed ``test_fraction`` of the
+    images, chosen by ``seed``) or ``"all"``. Needs scikit-learn (``pip install 'pyprobtf[digits]'``).
+    """
+    _check_name(split, DIGITS_SPLITS, "digits")
+    if not (isinstance(test_fraction, numbers.Real) and 0 < test_fraction < 1):
+        raise ValueError(f"digits: `test_fraction` must be in (0, 1); got {test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"digits: `seed` must be an int; got {type(seed).__name__}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise ImportError("pyprobtf.data.digits needs scikit-learn: pip install 'pyprobtf[digits]' "
+                          "(after torch)") from exc
+    images = torch.as_tensor(load_digits().data, dtype=torch.float32) / 16.0
+    if split == "all":
+        return images
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(int(seed)))
+    n_test = int(round(test_fraction * images.shape[0]))
+    return images[order[:n_test]] if split == "test" else images[order[n_test:]]

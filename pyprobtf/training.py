@@ -46,6 +46,7 @@ FIT_OPTIONS = {
     "lr_final": 0.02,       # cosine: final lr as a share of lr
     "grad_clip": None,      # max gradient norm, or None
     "ema": None,            # decay of an exponential moving average of the weights (copied in at the end)
+    "betas": (0.9, 0.999),  # AdamW's moment decays (adversarial families train better with (0.5, 0.9))
 }
 
 
@@ -197,10 +198,11 @@ def _nonfinite_rows(parts, idx) -> list[int]:
 def _adamw(params, opts) -> torch.optim.AdamW:
     """AdamW, fused where torch has the fused kernel for these tensors (on a CPU, 5x faster than the
     per-tensor loop for the small networks here), else the default implementation."""
+    kwargs = {"lr": opts["lr"], "weight_decay": opts["weight_decay"], "betas": tuple(float(b) for b in opts["betas"])}
     try:
-        return torch.optim.AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"], fused=True)
+        return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, ValueError, TypeError):
-        return torch.optim.AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def _lr_factor(step: int, elapsed: float, opts: dict, steps: int, max_seconds: float | None) -> float:
@@ -265,8 +267,9 @@ def fit(
             ``None`` keeps torch's setting.
         **options: ``weight_decay``, ``warmup`` (steps), ``lr_schedule``
             (``"cosine"`` or ``"constant"``), ``lr_final`` (final share of
-            ``lr``), ``grad_clip`` (max gradient norm) and ``ema`` (decay of a
-            moving average of the weights that replaces them at the end);
+            ``lr``), ``grad_clip`` (max gradient norm), ``ema`` (decay of a
+            moving average of the weights that replaces them at the end) and
+            ``betas`` (AdamW's moment decays);
             defaults from the family's ``fit_defaults``, then ``FIT_OPTIONS``.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the model is trained with
@@ -311,6 +314,10 @@ def fit(
         raise ValueError(f"fit: `lr_schedule` must be 'cosine' or 'constant'; got {opts['lr_schedule']!r}")
     if max_seconds is not None and not (isinstance(max_seconds, numbers.Real) and max_seconds > 0):
         raise ValueError(f"fit: `max_seconds` must be a positive number or None; got {max_seconds!r}")
+    betas = opts["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+            and all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"fit: `betas` must be a pair of numbers in [0, 1); got {betas!r}")
     if opts["ema"] is not None and not 0 < opts["ema"] < 1:
         raise ValueError(f"fit: `ema` must be None or a decay in (0, 1); got {opts['ema']!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):

@@ -15,3 +15,20 @@ from pyprobtf.families.flow_matching import FlowMatching
 from pyprobtf.families.realnvp import RealNVP
 
 __all__ = ["ContinuousFlow", "Diffusion", "FlowMatching", "RealNVP"]
+
+# The decoder and adversarial families (issue 7).
+from pyprobtf.families.autoencoder import Autoencoder  # noqa: E402
+from pyprobtf.families.gan import GAN  # noqa: E402
+from pyprobtf.families.vae import VAE  # noqa: E402
+
+__all__ += ["GAN", "VAE", "Autoencoder"]
+from pyprobtf.families.autoregressive import Autoregressive  # noqa: E402
+
+__all__ += ["Autoregressive"]
+from pyprobtf.families.particles import DiscriminatorFlow, ScoreGAN  # noqa: E402
+from pyprobtf.families.vqvae import VQVAE  # noqa: E402
+
+__all__ += ["DiscriminatorFlow", "ScoreGAN", "VQVAE"]
+from pyprobtf.families.tempered import Tempered  # noqa: E402
+
+__all__ += ["Tempered"]

@@ -1,0 +1,244 @@
+"""Particle models: GANs and score-based diffusion as two ways of moving particles (Franceschi et al. 2023).
+
+Both families here see generation as pushing particles along a gradient field
+that compares the particles' distribution with the data's:
+
+- :class:`DiscriminatorFlow`, a generator-free GAN: ``F`` moves base draws
+  ``x_0 = z`` for ``steps`` steps along the gradient of a time-conditioned
+  discriminator's logit, ``x_{k+1} = x_k + step_size * grad_x d(x_k, k)``. The
+  discriminator at step ``k`` is trained (logistic loss) to tell the data from
+  the particles at step ``k``, so its logit estimates ``log p_data - log p_k``
+  and the particles follow the Wasserstein gradient flow of
+  ``KL(p_k || p_data)``. Training keeps a pool of particles at every step of
+  the flow; each training step trains the discriminator on them, then moves
+  every stage one step on (stage ``k`` becomes stage ``k + 1``; stage 0 gets fresh
+  base draws), so the particles the discriminator sees are those its own
+  recent versions produced.
+- :class:`ScoreGAN`, a score model distilled into a one-step generator: a
+  generator ``G`` (``F``) is trained so that its samples, noised at level
+  ``sigma``, have the data's score: two denoising score models
+  (:class:`~pyprobtf.families.Diffusion`, EDM) are trained alongside, one on
+  the data and one on the generator's current samples, and ``G``'s samples
+  move along the difference of the two denoisers, ``D_data - D_fake`` (the
+  gradient of ``KL(p_G || p_data)`` of the noised distributions, as in
+  distribution-matching distillation).
+
+Both work in the standardised data space (fitted by ``initialize``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyprobtf.families._latent import LatentFamily, check_int, check_real, default_latent_dim
+from pyprobtf.families._nets import MLP, check_activation, check_hidden
+from pyprobtf.transform import Trajectory
+
+
+class StepLogits(nn.Module):
+    """``d(x, k)``: one logit per flow step ``k`` from a shared MLP trunk (one output head per step).
+
+    Heads instead of a time input: the steps are discrete, and constant time features at the input slow
+    the first, second-order phase of learning to tell a distribution from one with the same moments.
+    """
+
+    def __init__(self, dim: int, steps: int, hidden, activation: str):
+        super().__init__()
+        self.net = MLP(dim, hidden, steps, activation)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)``: row ``b``'s head ``k[b]`` (``k`` an int64 ``(B,)`` tensor)."""
+        return self.net(x).gather(1, k.reshape(-1, 1)).squeeze(1)
+
+
+class DiscriminatorFlow(LatentFamily):
+    """A generator-free GAN: particles moved along a time-conditioned discriminator's gradient (module docstring).
+
+    Args:
+        dim: data dimension (``z`` has the same size).
+        steps: flow steps ``K``.
+        step_size: the step ``eta`` (standardised units per unit of logit gradient).
+        hidden, activation: the discriminator MLP.
+        particles: particles per flow stage in the training pool.
+        base: the distribution of ``x_0`` (default N(0, I), standardised units).
+        normalize: standardise the data per feature (fitted by ``initialize``).
+
+    Example:
+        >>> from pyprobtf import fit
+        >>> from pyprobtf.data import toy
+        >>> model = DiscriminatorFlow(dim=2)
+        >>> _ = fit(model, toy("8gaussians", 10_000), steps=20, progress=False)
+        >>> len(model.trajectory(model.base.sample((3,))))   # z and the K states
+        17
+    """
+
+    capabilities = frozenset()
+    fit_defaults = {"steps": 20_000, "batch_size": 256, "lr": 1e-3, "warmup": 100, "lr_final": 0.05,
+                    "betas": (0.5, 0.9)}
+
+    def __init__(self, dim: int, *, steps: int = 16, step_size: float = 1.0, max_step: float | None = 0.25,
+                 gradient_penalty: float = 0.1, hidden=(128, 128), activation: str = "relu", particles: int = 128,
+                 base=None, normalize: bool = True):
+        name = type(self).__name__
+        super().__init__(dim, default_latent_dim(dim, None, dim if isinstance(dim, int) else 1), base=base,
+                         normalize=normalize)
+        self.steps = check_int(name, "steps", steps)
+        self.step_size = check_real(name, "step_size", step_size, 0.0, low_open=True)
+        self.max_step = None if max_step is None else check_real(name, "max_step", max_step, 0.0, low_open=True)
+        self.gradient_penalty = check_real(name, "gradient_penalty", gradient_penalty)
+        self.particles = check_int(name, "particles", particles)
+        self.discriminator = StepLogits(dim, self.steps, check_hidden(name, hidden), check_activation(name, activation))
+        self.register_buffer("pool", torch.zeros(self.steps, self.particles, dim))
+        self.register_buffer("pool_ready", torch.tensor(False))
+
+    def _grad(self, y: torch.Tensor, k: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
+        """``grad_y d(y, k)`` per row."""
+        with torch.enable_grad():
+            v = y if (create_graph and y.requires_grad) else y.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.discriminator(v, k).sum(), v, create_graph=create_graph)
+        return grad
+
+    def _move(self, y: torch.Tensor, k: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
+        """One flow step for rows at steps ``k``: ``y + step_size * grad d``, each move at most ``max_step`` long."""
+        step = self.step_size * self._grad(y, k, create_graph=create_graph)
+        if self.max_step is not None:
+            norm = step.norm(dim=1, keepdim=True)
+            step = step * (self.max_step / norm.clamp_min(self.max_step))
+        return y + step
+
+    def velocity(self, y: torch.Tensor, k: int) -> torch.Tensor:
+        """The move of flow step ``k`` at ``y`` (standardised units): ``F`` adds it ``steps`` times."""
+        return self._move(y, torch.full((y.shape[0],), k, dtype=torch.long, device=y.device)) - y
+
+    def _flow(self, y: torch.Tensor, states: list | None = None) -> torch.Tensor:
+        create_graph = torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in self.parameters()))
+        for k in range(self.steps):
+            y = self._move(y, torch.full((y.shape[0],), k, dtype=torch.long, device=y.device),
+                           create_graph=create_graph)
+            if not create_graph:
+                y = y.detach()
+            if states is not None:
+                states.append(self.scaler.inverse(y.detach()))
+        return y
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._flow(z)
+
+    def trajectory(self, z, context=None):
+        """``z``, then the particles after every flow step (the last is ``x``), in data units."""
+        z = self.check_z(z, "trajectory")
+        self.check_context(context, z.shape[0], "trajectory")
+        states = []
+        with torch.no_grad():
+            self._flow(z.to(self.dtype), states)
+        return Trajectory([z] + states, ["z"] + [f"step {k + 1}" for k in range(self.steps - 1)] + ["x"])
+
+    def _draw_base(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        return self.base.sample((n,)).to(like)
+
+    @torch.no_grad()
+    def _fill_pool(self, like: torch.Tensor) -> None:
+        y = self._draw_base(self.particles, like)
+        for k in range(self.steps):
+            self.pool[k].copy_(y)
+            y = self._move(y, torch.full((y.shape[0],), k, dtype=torch.long, device=y.device))
+        self.pool_ready.fill_(True)
+
+    def loss(self, batch):
+        """The discriminators' logistic loss, data against the pool's particles, averaged over the flow steps,
+        plus ``gradient_penalty/2`` times the mean squared logit gradient at both; in training, the pool then
+        moves one step on."""
+        x, _ = self.split_batch(batch)
+        y = self.scaler(x)
+        if not bool(self.pool_ready):
+            self._fill_pool(y)
+        fake = self.pool.to(y.dtype).reshape(-1, self.dim).clone()  # the pool moves on below, in place
+        k_fake = torch.arange(self.steps, device=y.device).repeat_interleave(self.particles)
+        # The data against every step's head at once: all heads of one pass over the batch.
+        loss = F.softplus(-self.discriminator.net(y)).mean() + F.softplus(self.discriminator(fake, k_fake)).mean()
+        if self.gradient_penalty > 0:
+            # Keeps the logits smooth, so the particles' steps stay bounded; data rows get a random head each.
+            k_real = torch.randint(self.steps, (y.shape[0],), device=y.device)
+            penalty = self._grad(y, k_real, create_graph=True).square().sum(1).mean() + \
+                self._grad(fake, k_fake, create_graph=True).square().sum(1).mean()
+            loss = loss + 0.5 * self.gradient_penalty * penalty
+        if self.training:
+            with torch.no_grad():
+                moved = self._move(fake, k_fake)
+                self.pool[1:].copy_(moved.reshape(self.steps, self.particles, self.dim)[:-1])
+                self.pool[0].copy_(self._draw_base(self.particles, y))
+        return loss
+
+
+class ScoreGAN(LatentFamily):
+    """A one-step generator trained by two co-trained score models (see the module docstring).
+
+    Args:
+        dim: data dimension.
+        latent_dim: size of ``z`` (default ``min(dim, 8)``).
+        hidden, activation: the generator MLP.
+        score_hidden: hidden widths of the two score networks (EDM-preconditioned :class:`Diffusion` MLPs).
+        generator_every: the generator takes a step every ``generator_every`` training steps (the score
+            models every step), so the fake-sample score model keeps up with the generator.
+        base: the distribution of ``z`` (default N(0, I)).
+        normalize: standardise the data per feature (fitted by ``initialize``).
+
+    Example:
+        >>> from pyprobtf import fit
+        >>> from pyprobtf.data import toy
+        >>> model = ScoreGAN(dim=2)
+        >>> _ = fit(model, toy("8gaussians", 10_000), steps=20, progress=False)
+        >>> model.sample(4, seed=0).shape
+        torch.Size([4, 2])
+    """
+
+    capabilities = frozenset()
+    fit_defaults = {"steps": 20_000, "batch_size": 256, "lr": 2e-3, "warmup": 100, "lr_final": 0.05,
+                    "betas": (0.5, 0.9)}
+
+    def __init__(self, dim: int, *, latent_dim: int | None = None, hidden=(128, 128), activation: str = "relu",
+                 score_hidden=(128, 128), generator_every: int = 5, base=None, normalize: bool = True):
+        from pyprobtf.families.diffusion import Diffusion
+
+        name = type(self).__name__
+        super().__init__(dim, default_latent_dim(dim, latent_dim, 8), base=base, normalize=normalize)
+        hidden, score_hidden = check_hidden(name, hidden), check_hidden(name, score_hidden)
+        check_activation(name, activation)
+        self.generator_every = check_int(name, "generator_every", generator_every)
+        self.generator = MLP(self.latent_dim, hidden, dim, activation)
+        # Both score models see standardised data (sigma_data = 1).
+        self.data_score = Diffusion(dim, hidden=score_hidden, activation=activation, sigma_data=1.0)
+        self.fake_score = Diffusion(dim, hidden=score_hidden, activation=activation, sigma_data=1.0)
+        self.register_buffer("_steps_taken", torch.zeros((), dtype=torch.long))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+    def _draw_z(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        z = self.base.rsample((n,)) if self.prior is not None else self.base.sample((n,))
+        return z.to(like)
+
+    def loss(self, batch):
+        """Data score loss + fake score loss (on detached generator samples), and every ``generator_every``
+        training steps the generator's distillation loss ``<G(z), sg[w (D_fake - D_data)]>``."""
+        x, _ = self.split_batch(batch)
+        y = self.scaler(x)
+        g = self.generator(self._draw_z(y.shape[0], y))
+        loss = self.data_score.loss(y) + self.fake_score.loss(g.detach())
+        # Between generator steps its loss is weighted by 0, not left out: every parameter then has a gradient
+        # at every step, as DistributedDataParallel requires.
+        scale = 1.0 if int(self._steps_taken) % self.generator_every == 0 else 0.0
+        if self.training:
+            self._steps_taken += 1
+        ds = self.data_score
+        sigma = (torch.randn(g.shape[0], dtype=g.dtype, device=g.device) * ds.P_std + ds.P_mean).exp()
+        with torch.no_grad():
+            noisy = g + sigma[:, None] * torch.randn_like(g)
+            real_d = self.data_score.denoise(noisy, sigma)
+            fake_d = self.fake_score.denoise(noisy, sigma)
+            # DMD's per-sample normalisation keeps the step size independent of the noise level.
+            weight = 1.0 / (g - real_d).abs().mean(1, keepdim=True).clamp_min(1e-4)
+            direction = (fake_d - real_d) * weight
+        return loss + scale * (g * direction).sum(1).mean()
