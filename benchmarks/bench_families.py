@@ -112,7 +112,7 @@ def _judge(row: dict, targets: dict) -> tuple[str, bool | None]:
         parts.append(f"NLL <= {targets['nll_max']}")
         ok &= row["test_nll"] <= targets["nll_max"]
     if "gap_max" in targets:
-        parts.append(f"|NLL - true| <= {targets['gap_max']}")
+        parts.append(f"abs(NLL - true) <= {targets['gap_max']}")
         ok &= abs(row["gap"]) <= targets["gap_max"]
     if "quality_min" in targets:
         parts.append(f"quality >= {targets['quality_min']}")
