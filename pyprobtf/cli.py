@@ -150,12 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     zoo = sub.add_parser("zoo", help="train every family on a 2-D dataset, measure them and draw zoo.png")
-    zoo.add_argument("--dataset", default="moons", help="a toy dataset (default: moons)")
-    zoo.add_argument("--families", default=None, help="comma-separated subset (default: the eight main families)")
+    from pyprobtf.data import TOY_DATASETS
+    from pyprobtf.zoo import DEFAULT_FAMILIES, FAMILIES
+
+    zoo.add_argument("--dataset", default="moons", help=f"one of {', '.join(TOY_DATASETS)} (default: moons)")
+    zoo.add_argument("--families", default=None,
+                     help=f"comma-separated, from {', '.join(FAMILIES)} (default: the first eight)")
     zoo.add_argument("--steps", type=int, default=None, help="at most this many training steps per family")
     zoo.add_argument("--seconds", type=float, default=12.0, help="training time per family (default: 12)")
-    zoo.add_argument("--seed", type=int, default=0)
-    zoo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    zoo.add_argument("--seed", type=int, default=0, help="seed of the data, the training and the sampling")
+    zoo.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: train and sample on the GPU")
     zoo.add_argument("--out", default=".", help="folder for zoo.png and results.json (default: here)")
     zoo.add_argument("--quiet", action="store_true", help="no progress bars")
     zoo.set_defaults(run=cmd_zoo)
