@@ -20,7 +20,7 @@ demo: $(STAMP)
 # Triton kernels run on CPU only in Triton's interpreter, which must be chosen
 # before triton is imported: they get a pytest run of their own.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton
 
 bench: $(STAMP)
