@@ -161,3 +161,13 @@ def write_results(name: str, device: str, info: dict, rows: Sequence[dict], colu
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": list(rows), "notes": list(notes)},
                                                     indent=1))
     return stem.with_suffix(".md")
+
+
+def load_note(load_before: float) -> str:
+    """One line on how busy the machine was around a run (its 1-minute load average before and after)."""
+    after = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    verdict = ("above the core count: other processes were competing and the times are inflated (single ratios "
+               "are noisy)" if max(load_before, after) > cores else "at or below the core count: no other "
+               "heavy job was running")
+    return f"1-minute load average {load_before:.1f} before the run and {after:.1f} after it, on {cores} cores: {verdict}."

@@ -174,9 +174,7 @@ def run(device: str = "cpu", quick: bool = False, threads=(None,)):
     finally:
         torch.set_num_threads(default)
     if load_before is not None:
-        notes.append(f"1-minute load average {load_before:.1f} before the run and {os.getloadavg()[0]:.1f} after it "
-                     f"({os.cpu_count()} cores): above the core count, other jobs shared the machine and every "
-                     "time is inflated, the contenders' alike.")
+        notes.append(_common.load_note(load_before))
     if os.environ.get("OMP_WAIT_POLICY"):
         notes.append(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (OpenMP threads sleep instead of spinning "
                      "while they wait: on a machine whose cores are shared, spinning workers make every parallel "

@@ -337,9 +337,7 @@ def run(device: str = "cpu", quick: bool = False):
         "in field evaluations and order).",
     ]
     if load_before is not None:
-        notes.append(f"1-minute load average of the machine: {load_before:.1f} before the run, "
-                     f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores: above the core count, other "
-                     "processes were competing and the times are inflated (single ratios are noisy).")
+        notes.append(_common.load_note(load_before))
     if bandwidth is not None:
         notes.append(f"measured device-to-device copy bandwidth: {bandwidth / 1e9:.0f} GB/s")
     if not any(r["part"] == "sampler" for r in rows):

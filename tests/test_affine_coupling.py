@@ -92,6 +92,18 @@ def test_cpp_long_rows(scale_fn, inverse, cols):
     check_backward("cpp", "cpu", torch.float32, (3, cols), ["sliced"] * 3, scale_fn, 2.0, inverse)
 
 
+@pytest.mark.parametrize("scale_fn", SCALE_FNS)
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(70001, 1), (9000, 2), (1500, 31), (300, 32)])
+def test_cpp_narrow_rows(scale_fn, inverse, dtype, shape):
+    # Densely packed rows of fewer than 32 columns take one flat loop per tile (many tiles here);
+    # sliced inputs (row stride != columns) the loop per row.
+    check_forward("cpp", "cpu", dtype, shape, ["contiguous"] * 3, scale_fn, 2.0, inverse)
+    check_backward("cpp", "cpu", dtype, shape, ["contiguous"] * 3, scale_fn, 2.0, inverse)
+    check_backward("cpp", "cpu", dtype, shape, ["contiguous", "sliced", "contiguous"], scale_fn, 2.0, inverse)
+
+
 @pytest.mark.triton
 @settings(max_examples=TRITON_EXAMPLES)
 @given(c=triton_case)

@@ -1,5 +1,6 @@
 // CPU kernels for affine_coupling: one pass over the data forward (y and the
 // log-determinant together) and one fused pass backward (all three gradients).
+#include <initializer_list>
 #include <vector>
 
 #include "pyprobtf/affine_coupling.h"
@@ -14,6 +15,17 @@ struct CpuMath {
   template <typename C> static PTF_HD C softplus(C x) { return cpu::softplus(x); }
 };
 
+// Below this many columns a loop per row is too short to vectorise: tiles of whole, densely
+// packed rows then take one flat loop instead.
+constexpr int64_t kNarrowCols = 32;
+
+bool narrow_packed(int64_t cols, int64_t c0, int64_t c1, std::initializer_list<int64_t> row_strides) {
+  if (cols >= kNarrowCols || c0 != 0 || c1 != cols) return false;
+  for (int64_t stride : row_strides)
+    if (stride != cols) return false;
+  return true;
+}
+
 // Columns [c0, c1) of rows [r0, r1). partial[r - r0] receives the row's sum of s
 // over those columns, accumulated in float64.
 template <typename T, ScaleFn FN, bool INV, bool CONTIG>
@@ -24,6 +36,32 @@ PTF_MULTIVERSION void forward_tile(const AffineCouplingForward& a, int64_t r0, i
   const int64_t xs = CONTIG ? 1 : a.x.col_stride;
   const int64_t ts = CONTIG ? 1 : a.shift.col_stride;
   const int64_t as = CONTIG ? 1 : a.scale.col_stride;
+  if constexpr (CONTIG) {
+    if (narrow_packed(a.cols, c0, c1, {a.x.row_stride, a.shift.row_stride, a.scale.row_stride})) {
+      // Rows of a few columns (RealNVP on low-dimensional data): one flat loop over the tile, which
+      // vectorises, then the row sums in the same order as below (so the results are identical).
+      const int64_t n = (r1 - r0) * a.cols;
+      const T* x = static_cast<const T*>(a.x.data) + r0 * a.cols;
+      const T* t = static_cast<const T*>(a.shift.data) + r0 * a.cols;
+      const T* sc = static_cast<const T*>(a.scale.data) + r0 * a.cols;
+      T* y = static_cast<T*>(a.y) + r0 * a.cols;
+      C s_tile[cpu::kTile];
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const C xv = cpu::load(x[i]);
+        const C tv = cpu::load(t[i]);
+        const C s = log_multiplier<FN, CpuMath>(cpu::load(sc[i]), clamp);
+        y[i] = cpu::store<T>(INV ? (xv - tv) * cpu::exp(-s) : xv * cpu::exp(s) + tv);
+        s_tile[i] = s;
+      }
+      for (int64_t r = 0; r < r1 - r0; ++r) {
+        double acc = 0.0;
+        for (int64_t c = 0; c < a.cols; ++c) acc += static_cast<double>(s_tile[r * a.cols + c]);
+        partial[r] = acc;
+      }
+      return;
+    }
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = static_cast<const T*>(a.x.data) + r * a.x.row_stride;
     const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
@@ -54,6 +92,46 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
   const int64_t as = CONTIG ? 1 : a.scale.col_stride;
   const int64_t gs = CONTIG ? 1 : a.grad_y.col_stride;
   const bool write_shift = a.grad_shift != nullptr;
+  if constexpr (CONTIG) {
+    if (narrow_packed(a.cols, c0, c1, {a.x.row_stride, a.shift.row_stride, a.scale.row_stride,
+                                       a.grad_y.row_stride})) {
+      // Few columns: one flat, vectorisable loop over the tile (see forward_tile), the row's
+      // ladj gradient spread over its columns first.
+      const int64_t n = (r1 - r0) * a.cols;
+      const int64_t off = r0 * a.cols;
+      const T* x = static_cast<const T*>(a.x.data) + off;
+      const T* t = static_cast<const T*>(a.shift.data) + off;
+      const T* sc = static_cast<const T*>(a.scale.data) + off;
+      const T* gy = static_cast<const T*>(a.grad_y.data) + off;
+      T* gx = static_cast<T*>(a.grad_x) + off;
+      T* gt = write_shift ? static_cast<T*>(a.grad_shift) + off : nullptr;
+      T* ga = static_cast<T*>(a.grad_scale) + off;
+      C gl_tile[cpu::kTile];
+      for (int64_t r = r0; r < r1; ++r) {
+        const C gl = static_cast<C>(static_cast<const L*>(a.grad_ladj.data)[r * a.grad_ladj.stride]);
+        for (int64_t c = 0; c < a.cols; ++c) gl_tile[(r - r0) * a.cols + c] = gl;
+      }
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const C xv = cpu::load(x[i]);
+        const C av = cpu::load(sc[i]);
+        const C g = cpu::load(gy[i]);
+        const C s = log_multiplier<FN, CpuMath>(av, clamp);
+        const C e = cpu::exp(INV ? -s : s);
+        const C gxv = g * e;
+        C gsv;
+        if constexpr (INV) {
+          gsv = -(g * ((xv - cpu::load(t[i])) * e)) - gl_tile[i];
+        } else {
+          gsv = gxv * xv + gl_tile[i];
+        }
+        gx[i] = cpu::store<T>(gxv);
+        ga[i] = cpu::store<T>(gsv * dlog_multiplier<FN, CpuMath>(av, s, clamp));
+        if (write_shift) gt[i] = cpu::store<T>(INV ? -gxv : g);
+      }
+      return;
+    }
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const T* x = static_cast<const T*>(a.x.data) + r * a.x.row_stride;
     const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
