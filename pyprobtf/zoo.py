@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -195,7 +194,7 @@ def run_zoo(
     zoo_plot.draw(out / "zoo.png", dataset, test[:n_plot], figure_rows, results)
     table = markdown_table(results, reference, true_nll)
     report = ZooReport(dataset, results, reference, true_nll, table, out, time.perf_counter() - start)
-    (out / "results.json").write_text(json.dumps(_as_json(report, locals_=dict(
+    (out / "results.json").write_text(json.dumps(_as_json(report, settings=dict(
         steps=steps, seconds=seconds, seed=seed, device=str(device), n_train=n_train, n_test=n_test, n_nll=n_nll)), indent=1))
     return report
 
@@ -248,15 +247,13 @@ def markdown_table(results: Sequence[FamilyResult], reference: dict, true_nll: f
     return head + "\n" + "\n".join(rows)
 
 
-def _as_json(report: ZooReport, locals_: dict) -> dict:
-    import pyprobtf
+def _as_json(report: ZooReport, settings: dict) -> dict:
+    from pyprobtf.benchmarks._common import machine
 
     return {
         "dataset": report.dataset,
-        "settings": locals_,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "pyprobtf": pyprobtf.__version__, "cpu_threads": torch.get_num_threads(),
-                    "platform": platform.platform()},
+        "settings": settings,
+        "machine": machine(settings["device"].split(":")[0]),
         "seconds": report.seconds,
         "true_nll": report.true_nll,
         "data_second_draw": report.reference,
