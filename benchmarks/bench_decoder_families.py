@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -173,6 +174,7 @@ def run(quick: bool, names, toy_seconds: float, digits_seconds: float, out: Path
         else:
             runnable.append(name)
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     if "toy" in parts:
         sets = ["8gaussians"] if quick else list(TOY_DATASETS)
         toy_rows, toy_notes, _ = run_toy(runnable, sets, toy_seconds, quick, out)
@@ -188,8 +190,8 @@ def run(quick: bool, names, toy_seconds: float, digits_seconds: float, out: Path
     budget = "3 steps each (quick mode)" if quick else (f"fit(max_seconds={toy_seconds:g}) per toy set, "
                                                         f"fit(max_seconds={digits_seconds:g}) on digits")
     notes.append(f"training: {budget}, seed 0, from each family's defaults; {torch.get_num_threads()} CPU thread(s); "
-                 f"total {time.perf_counter() - t0:.0f} s. The machine was shared with other jobs: step counts "
-                 f"(and so the results) depend on its load.")
+                 f"total {time.perf_counter() - t0:.0f} s. A time budget buys a number of steps that depends on the "
+                 f"machine and its load. " + _common.load_note(load_before))
     columns = ["family", "data", "steps", "seconds", "energy distance", "in 3 std", "min mode", "max mode",
                "test ELBO", "test IW bound (K=256)", "test NLL", "recon MSE", "codes used", "perplexity"]
     return rows, columns, notes
