@@ -239,10 +239,10 @@ def markdown_table(results: Sequence[FamilyResult], reference: dict, true_nll: f
     rows = []
     for r in results:
         nll = f"{r.nll:.3f}" if r.nll is not None else "—"
-        rows.append(f"| {r.title} | {r.energy_distance:.4f} | {r.mmd:.4f} | {r.sliced_w2:.4f} | {nll} | "
+        rows.append(f"| {r.title} | {r.energy_distance:.2g} | {r.mmd:.2g} | {r.sliced_w2:.3f} | {nll} | "
                     f"{r.nll_kind or '—'} | {r.samples_per_second:,.0f} | {r.train_seconds:.1f} | {r.steps} |")
-    rows.append(f"| *data (second draw)* | {reference['energy_distance']:.4f} | {reference['mmd']:.4f} | "
-                f"{reference['sliced_w2']:.4f} | {f'{true_nll:.3f}' if true_nll is not None else '—'} | "
+    rows.append(f"| *data (second draw)* | {reference['energy_distance']:.2g} | {reference['mmd']:.2g} | "
+                f"{reference['sliced_w2']:.3f} | {f'{true_nll:.3f}' if true_nll is not None else '—'} | "
                 f"{'true density' if true_nll is not None else '—'} | | | |")
     return head + "\n" + "\n".join(rows)
 
