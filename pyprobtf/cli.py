@@ -1,5 +1,7 @@
 """The ``pyprobtf`` command line.
 
+    pyprobtf zoo [--dataset D] [--families A,B] [--steps N] [--seconds S] [--seed S] [--device D] [--out DIR]
+                                                           train, measure and draw every family
     pyprobtf check [OP ...] [--device cpu|cuda|all] [--dtype D]   verify every backend of this install
     pyprobtf bench [NAME ...] [--device D] [--quick] [--out DIR]   run the op benchmarks
 
@@ -30,6 +32,43 @@ def _device_list(device: str) -> list[str]:
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
     return [device]
+
+
+# ----------------------------------------------------------------------------- zoo
+
+
+def cmd_zoo(args) -> int:
+    from pyprobtf import zoo
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    try:
+        families = zoo.check_arguments(args.dataset, families)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    (device,) = _device_list(args.device)
+    out = _writable_dir(Path(args.out))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("drawing zoo.png needs matplotlib: pip install 'pyprobtf[viz]'") from None
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1; got {args.steps}")
+    if args.seconds <= 0:
+        raise UsageError(f"--seconds must be positive; got {args.seconds}")
+    print(f"pyprobtf zoo: {len(families)} families on {args.dataset}, {args.seconds:g} s of training each"
+          + (f" (at most {args.steps} steps)" if args.steps else "") + f", device {device}", flush=True)
+    report = zoo.run_zoo(args.dataset, families=families, steps=args.steps, seconds=args.seconds, seed=args.seed,
+                         device=device, out=out, progress=not args.quiet)
+    print()
+    print(report.table)
+    print()
+    for kind, note in zoo.NLL_NOTES.items():
+        if any(r.nll_kind == kind for r in report.results):
+            print(f"NLL from {kind}: {note}")
+    print("Lower is better for every metric but samples/s; the data row is a second draw of the data itself "
+          "(the floor that sampling noise sets).")
+    print(f"\nwrote {out / 'zoo.png'} and {out / 'results.json'} in {report.seconds:.0f} s")
+    return 0
 
 
 # ----------------------------------------------------------------------------- check
@@ -90,7 +129,8 @@ def cmd_bench(args) -> int:
         raise UsageError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(modules)}")
     (device,) = _device_list(args.device)
     out = _writable_dir(Path(args.out)) if args.out else None
-    for name in args.names or list(modules):
+    # By default the op benchmarks; the family benchmarks train models for minutes: run them by name.
+    for name in args.names or [n for n in modules if not n.endswith("families")]:
         print(f"\n=== {name} ({device}) ===", flush=True)
         argv = ["--device", device] + (["--quick"] if args.quick else []) + (["--out", str(out)] if out else [])
         start = time.perf_counter()
@@ -109,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      "transformation functions, with fast fused ops.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    zoo = sub.add_parser("zoo", help="train every family on a 2-D dataset, measure them and draw zoo.png")
+    from pyprobtf.data import TOY_DATASETS
+    from pyprobtf.zoo import DEFAULT_FAMILIES, FAMILIES
+
+    zoo.add_argument("--dataset", default="moons", help=f"one of {', '.join(TOY_DATASETS)} (default: moons)")
+    zoo.add_argument("--families", default=None,
+                     help=f"comma-separated, from {', '.join(FAMILIES)} (default: the first eight)")
+    zoo.add_argument("--steps", type=int, default=None, help="at most this many training steps per family")
+    zoo.add_argument("--seconds", type=float, default=12.0, help="training time per family (default: 12)")
+    zoo.add_argument("--seed", type=int, default=0, help="seed of the data, the training and the sampling")
+    zoo.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: train and sample on the GPU")
+    zoo.add_argument("--out", default=".", help="folder for zoo.png and results.json (default: here)")
+    zoo.add_argument("--quiet", action="store_true", help="no progress bars")
+    zoo.set_defaults(run=cmd_zoo)
+
     check = sub.add_parser("check", help="check every available backend of every op against its reference")
     check.add_argument("ops", nargs="*", metavar="OP", help="ops to check (default: all)")
     check.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
@@ -117,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=cmd_check)
 
     bench = sub.add_parser("bench", help="run the op benchmarks and write their tables")
-    bench.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    bench.add_argument("names", nargs="*", metavar="NAME",
+                       help="benchmarks to run (default: every op benchmark; the families ones only by name)")
     bench.add_argument("--device", choices=["cpu", "cuda"], default=None,
                        help="default: cuda when available, else cpu")
     bench.add_argument("--quick", action="store_true", help="few cases, short timings")

@@ -139,12 +139,20 @@ DIGITS_SHAPE = (8, 8)
 DIGITS_SPLITS = ("train", "test", "all")
 
 
-def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0) -> torch.Tensor:
+def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0,
+           dequantize: bool = False) -> torch.Tensor:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images) as ``(n, 64)`` float32 in ``[0, 1]``.
 
     Pixels are the data set's 17 grey levels divided by 16, row-major (``x.reshape(-1, 8, 8)``
     gives the images). ``split``: ``"train"``, ``"test"`` (a fixed ``test_fraction`` of the
     images, chosen by ``seed``) or ``"all"``. Needs scikit-learn (``pip install 'pyprobtf[digits]'``).
+
+    ``dequantize=True`` gives ``(level + u) / 17`` with ``u ~ U[0, 1)`` (a fixed draw, seeded by
+    ``seed`` and the split): data with a continuous density on ``[0, 1]^64``, so that densities are
+    comparable across families (``log P(levels) >= log p(x) - 64 log 17`` for any model density
+    ``p``, with equality for one constant on each level's cell). Without it, a pixel that is 0 in
+    every training image makes a Gaussian likelihood unbounded: train on dequantized pixels to
+    report likelihoods.
     """
     _check_name(split, DIGITS_SPLITS, "digits")
     if not (isinstance(test_fraction, numbers.Real) and 0 < test_fraction < 1):
@@ -156,9 +164,14 @@ def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0) -
     except ImportError as exc:
         raise ImportError("pyprobtf.data.digits needs scikit-learn: pip install 'pyprobtf[digits]' "
                           "(after torch)") from exc
-    images = torch.as_tensor(load_digits().data, dtype=torch.float32) / 16.0
-    if split == "all":
-        return images
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(int(seed)))
-    n_test = int(round(test_fraction * images.shape[0]))
-    return images[order[:n_test]] if split == "test" else images[order[n_test:]]
+    if not isinstance(dequantize, bool):
+        raise TypeError(f"digits: `dequantize` must be a bool; got {type(dequantize).__name__}")
+    levels = torch.as_tensor(load_digits().data, dtype=torch.float32)
+    if split != "all":
+        order = torch.randperm(levels.shape[0], generator=torch.Generator().manual_seed(int(seed)))
+        n_test = int(round(test_fraction * levels.shape[0]))
+        levels = levels[order[:n_test]] if split == "test" else levels[order[n_test:]]
+    if not dequantize:
+        return levels / 16.0
+    noise = torch.rand(levels.shape, generator=torch.Generator().manual_seed(int(seed) * 3 + DIGITS_SPLITS.index(split)))
+    return (levels + noise) / 17.0

@@ -6,11 +6,12 @@
 # packages. The build needs no torch (native code takes raw pointers), so the
 # package is then built without isolation from the tools installed here.
 #
-#   VENV=.venv EXTRAS=test bash scripts/setup.sh
+#   VENV=.venv EXTRAS=test,viz,digits bash scripts/setup.sh
+# (the defaults: the tests, the zoo's figure, the digits data set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-test}
+EXTRAS=${EXTRAS:-test,viz,digits}
 PYTHON=${PYTHON:-python3}
 
 if [ ! -x "$VENV/bin/python" ]; then

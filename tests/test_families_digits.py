@@ -103,3 +103,19 @@ def test_digits_splits():
         digits("valid")
     with pytest.raises(ValueError, match="`test_fraction` must be in"):
         digits(test_fraction=1.5)
+
+
+def test_dequantized_digits_keep_their_grey_levels():
+    pytest.importorskip("sklearn", reason="pyprobtf.data.digits needs scikit-learn (the `digits` extra)")
+    from pyprobtf.data import digits
+
+    for split in ("train", "test", "all"):
+        plain, dequantized = digits(split), digits(split, dequantize=True)
+        assert dequantized.shape == plain.shape and dequantized.min() >= 0 and dequantized.max() < 1
+        # Each pixel stays inside its grey level's cell [level / 17, (level + 1) / 17).
+        assert torch.equal((dequantized * 17).floor(), (plain * 16).round())
+        assert torch.equal(digits(split, dequantize=True), dequantized)  # a fixed draw
+    # Every pixel now varies, so no feature is constant in training (the cause of unbounded likelihoods).
+    assert digits("train", dequantize=True).std(0).min() > 0.01
+    with pytest.raises(TypeError, match="`dequantize` must be a bool"):
+        digits(dequantize=1)
