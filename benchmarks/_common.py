@@ -170,4 +170,5 @@ def load_note(load_before: float) -> str:
     verdict = ("above the core count: other processes were competing and the times are inflated (single ratios "
                "are noisy)" if max(load_before, after) > cores else "at or below the core count: no other "
                "heavy job was running")
-    return f"1-minute load average {load_before:.1f} before the run and {after:.1f} after it, on {cores} cores: {verdict}."
+    return (f"1-minute load average {load_before:.1f} before the run and {after:.1f} after it, on {cores} cores: "
+            f"{verdict}.")

@@ -173,5 +173,6 @@ def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0,
         levels = levels[order[:n_test]] if split == "test" else levels[order[n_test:]]
     if not dequantize:
         return levels / 16.0
-    noise = torch.rand(levels.shape, generator=torch.Generator().manual_seed(int(seed) * 3 + DIGITS_SPLITS.index(split)))
+    draw = torch.Generator().manual_seed(int(seed) * len(DIGITS_SPLITS) + DIGITS_SPLITS.index(split))
+    noise = torch.rand(levels.shape, generator=draw)
     return (levels + noise) / 17.0

@@ -194,8 +194,9 @@ def run_zoo(
     zoo_plot.draw(out / "zoo.png", dataset, test[:n_plot], figure_rows, results)
     table = markdown_table(results, reference, true_nll)
     report = ZooReport(dataset, results, reference, true_nll, table, out, time.perf_counter() - start)
-    (out / "results.json").write_text(json.dumps(_as_json(report, settings=dict(
-        steps=steps, seconds=seconds, seed=seed, device=str(device), n_train=n_train, n_test=n_test, n_nll=n_nll)), indent=1))
+    settings = dict(steps=steps, seconds=seconds, seed=seed, device=str(device), n_train=n_train, n_test=n_test,
+                    n_nll=n_nll)
+    (out / "results.json").write_text(json.dumps(_as_json(report, settings), indent=1))
     return report
 
 
