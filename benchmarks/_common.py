@@ -163,6 +163,16 @@ def write_results(name: str, device: str, info: dict, rows: Sequence[dict], colu
     return stem.with_suffix(".md")
 
 
+def publish(name: str, device: str, rows: Sequence[dict], columns: Sequence[str], notes: Sequence[str] = (),
+            out_dir: Path | None = None) -> Path:
+    """Describe the machine, write the tables (:func:`write_results`) and print them: every script's last step."""
+    path = write_results(name, device, machine(device), rows, columns, notes, out_dir)
+    print(markdown_table(rows, columns))
+    print("\n".join(notes))
+    print(f"\nwritten to {path}")
+    return path
+
+
 def load_note(load_before: float) -> str:
     """One line on how busy the machine was around a run (its 1-minute load average before and after)."""
     after = os.getloadavg()[0]

@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_affine_coupling.py [--device cpu|cuda] [--quick] 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -219,11 +218,7 @@ def main(argv=None) -> int:
     rows, columns, notes = run(args.device, args.quick)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
-    info = _common.machine(args.device)
-    path = _common.write_results(NAME, args.device, info, rows, columns, notes, args.out)
-    print(_common.markdown_table(rows, columns))
-    print("\n".join(notes))
-    print(f"\nwritten to {path}")
+    _common.publish(NAME, args.device, rows, columns, notes, args.out)
     return 0
 
 

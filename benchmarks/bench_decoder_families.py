@@ -213,11 +213,7 @@ def main(argv=None) -> int:
     out = args.out if args.out is not None else _common.RESULTS
     out.mkdir(parents=True, exist_ok=True)
     rows, columns, notes = run(args.quick, args.families, args.toy_seconds, args.digits_seconds, out, args.parts)
-    info = _common.machine(args.device)
-    path = _common.write_results(NAME, args.device, info, rows, columns, notes, out)
-    print(_common.markdown_table(rows, columns))
-    print("\n".join(notes))
-    print(f"\nwritten to {path}")
+    _common.publish(NAME, args.device, rows, columns, notes, out)
     return 0
 
 

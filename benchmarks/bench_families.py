@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -156,11 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", default=None, help="folder for the result tables (default benchmarks/results)")
     args = parser.parse_args(argv)
-    info = _common.machine(args.device)
-    try:
-        info["load_average"] = " ".join(f"{v:.2f}" for v in __import__("os").getloadavg())
-    except OSError:
-        pass
+    load_before = os.getloadavg()[0]
     rows = run(args.device, args.quick, seconds=args.seconds, seeds=args.seeds, tasks=args.tasks,
                num_threads=args.threads, progress=args.progress)
     notes = [
@@ -174,8 +171,8 @@ def main(argv=None) -> int:
         "an NLL is only meaningful when this is ~1.",
         "A time budget makes the number of steps depend on the machine's speed and load: see steps.",
     ]
-    _common.write_results("families", args.device, info, rows, COLUMNS, notes,
-                          out_dir=Path(args.out) if args.out else None)
+    notes.append(_common.load_note(load_before))
+    _common.publish("families", args.device, rows, COLUMNS, notes, Path(args.out) if args.out else None)
     return 0
 
 

@@ -361,12 +361,8 @@ def main(argv=None) -> int:
     rows, columns, notes = run(args.device, args.quick)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
-    info = _common.machine(args.device)
     name = NAME if args.threads is None else f"{NAME}-threads{args.threads}"
-    path = _common.write_results(name, args.device, info, rows, columns, notes, args.out)
-    print(_common.markdown_table(rows, columns))
-    print("\n".join(notes))
-    print(f"\nwritten to {path}")
+    _common.publish(name, args.device, rows, columns, notes, args.out)
     return 0
 
 

@@ -287,11 +287,7 @@ def main(argv=None) -> int:
     rows, columns, notes = run(args.device, args.quick)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE + " (timings only: memory is measured in unpinned subprocesses)")
-    info = _common.machine(args.device)
-    path = _common.write_results(NAME, args.device, info, rows, columns, notes, args.out)
-    print(_common.markdown_table(rows, columns))
-    print("\n".join(notes))
-    print(f"\nwritten to {path}")
+    _common.publish(NAME, args.device, rows, columns, notes, args.out)
     return 0
 
 

@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo = sub.add_parser("zoo", help="train every family on a 2-D dataset, measure them and draw zoo.png")
     from pyprobtf.data import TOY_DATASETS
-    from pyprobtf.zoo import DEFAULT_FAMILIES, FAMILIES
+    from pyprobtf.zoo import FAMILIES
 
     zoo.add_argument("--dataset", default="moons", help=f"one of {', '.join(TOY_DATASETS)} (default: moons)")
     zoo.add_argument("--families", default=None,

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from pyprobtf import fit, solvers
+from pyprobtf import fit
 from pyprobtf.data import toy
 from pyprobtf.families import ContinuousFlow, Diffusion, FlowMatching, RealNVP
 from pyprobtf.testing import check_transform

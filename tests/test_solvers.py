@@ -17,7 +17,6 @@ from pyprobtf.solvers import (
     annealed_langevin,
     convert_prediction,
     edm_field,
-    euler_step,
     karras_sigmas,
     langevin,
     log_prob_ode,

@@ -26,6 +26,25 @@ bool narrow_packed(int64_t cols, int64_t c0, int64_t c1, std::initializer_list<i
   return true;
 }
 
+// One element forward: returns y and sets s (the log multiplier), for both loops below.
+template <typename C, ScaleFn FN, bool INV>
+PTF_HD C forward_element(C xv, C tv, C av, C clamp, C& s) {
+  s = log_multiplier<FN, CpuMath>(av, clamp);
+  return INV ? (xv - tv) * cpu::exp(-s) : xv * cpu::exp(s) + tv;
+}
+
+// One element backward: the gradients of x, shift and scale given grad_y (g) and the row's
+// grad_ladj (gl). tv is read only by the inverse.
+template <typename C, ScaleFn FN, bool INV>
+PTF_HD void backward_element(C xv, C tv, C av, C g, C gl, C clamp, C& gx, C& gt, C& ga) {
+  const C s = log_multiplier<FN, CpuMath>(av, clamp);
+  const C e = cpu::exp(INV ? -s : s);
+  gx = g * e;
+  const C gs = INV ? -(g * ((xv - tv) * e)) - gl : gx * xv + gl;
+  ga = gs * dlog_multiplier<FN, CpuMath>(av, s, clamp);
+  gt = INV ? -gx : g;
+}
+
 // Columns [c0, c1) of rows [r0, r1). partial[r - r0] receives the row's sum of s
 // over those columns, accumulated in float64.
 template <typename T, ScaleFn FN, bool INV, bool CONTIG>
@@ -48,10 +67,8 @@ PTF_MULTIVERSION void forward_tile(const AffineCouplingForward& a, int64_t r0, i
       C s_tile[cpu::kTile];
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        const C xv = cpu::load(x[i]);
-        const C tv = cpu::load(t[i]);
-        const C s = log_multiplier<FN, CpuMath>(cpu::load(sc[i]), clamp);
-        y[i] = cpu::store<T>(INV ? (xv - tv) * cpu::exp(-s) : xv * cpu::exp(s) + tv);
+        C s;
+        y[i] = cpu::store<T>(forward_element<C, FN, INV>(cpu::load(x[i]), cpu::load(t[i]), cpu::load(sc[i]), clamp, s));
         s_tile[i] = s;
       }
       for (int64_t r = 0; r < r1 - r0; ++r) {
@@ -70,11 +87,9 @@ PTF_MULTIVERSION void forward_tile(const AffineCouplingForward& a, int64_t r0, i
     double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
     for (int64_t c = c0; c < c1; ++c) {
-      const C xv = cpu::load(x[c * xs]);
-      const C tv = cpu::load(t[c * ts]);
-      const C s = log_multiplier<FN, CpuMath>(cpu::load(sc[c * as]), clamp);
-      const C out = INV ? (xv - tv) * cpu::exp(-s) : xv * cpu::exp(s) + tv;
-      y[c] = cpu::store<T>(out);
+      C s;
+      y[c] = cpu::store<T>(
+          forward_element<C, FN, INV>(cpu::load(x[c * xs]), cpu::load(t[c * ts]), cpu::load(sc[c * as]), clamp, s));
       acc += static_cast<double>(s);
     }
     partial[r - r0] = acc;
@@ -113,21 +128,12 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
       }
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        const C xv = cpu::load(x[i]);
-        const C av = cpu::load(sc[i]);
-        const C g = cpu::load(gy[i]);
-        const C s = log_multiplier<FN, CpuMath>(av, clamp);
-        const C e = cpu::exp(INV ? -s : s);
-        const C gxv = g * e;
-        C gsv;
-        if constexpr (INV) {
-          gsv = -(g * ((xv - cpu::load(t[i])) * e)) - gl_tile[i];
-        } else {
-          gsv = gxv * xv + gl_tile[i];
-        }
+        C gxv, gtv, gav;
+        backward_element<C, FN, INV>(cpu::load(x[i]), INV ? cpu::load(t[i]) : C(0), cpu::load(sc[i]),
+                                     cpu::load(gy[i]), gl_tile[i], clamp, gxv, gtv, gav);
         gx[i] = cpu::store<T>(gxv);
-        ga[i] = cpu::store<T>(gsv * dlog_multiplier<FN, CpuMath>(av, s, clamp));
-        if (write_shift) gt[i] = cpu::store<T>(INV ? -gxv : g);
+        ga[i] = cpu::store<T>(gav);
+        if (write_shift) gt[i] = cpu::store<T>(gtv);
       }
       return;
     }
@@ -143,22 +149,12 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
     T* ga = static_cast<T*>(a.grad_scale) + r * a.cols;
 #pragma omp simd
     for (int64_t c = c0; c < c1; ++c) {
-      const C xv = cpu::load(x[c * xs]);
-      const C av = cpu::load(sc[c * as]);
-      const C g = cpu::load(gy[c * gs]);
-      const C s = log_multiplier<FN, CpuMath>(av, clamp);
-      const C e = cpu::exp(INV ? -s : s);
-      const C gxv = g * e;
-      C gsv;
-      if constexpr (INV) {
-        const C yv = (xv - cpu::load(t[c * ts])) * e;
-        gsv = -(g * yv) - gl;
-      } else {
-        gsv = gxv * xv + gl;
-      }
+      C gxv, gtv, gav;
+      backward_element<C, FN, INV>(cpu::load(x[c * xs]), INV ? cpu::load(t[c * ts]) : C(0), cpu::load(sc[c * as]),
+                                   cpu::load(gy[c * gs]), gl, clamp, gxv, gtv, gav);
       gx[c] = cpu::store<T>(gxv);
-      ga[c] = cpu::store<T>(gsv * dlog_multiplier<FN, CpuMath>(av, s, clamp));
-      if (write_shift) gt[c] = cpu::store<T>(INV ? -gxv : g);
+      ga[c] = cpu::store<T>(gav);
+      if (write_shift) gt[c] = cpu::store<T>(gtv);
     }
   }
 }
