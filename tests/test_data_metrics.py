@@ -205,6 +205,6 @@ def test_digits_score_orders_real_blurred_and_noise():
     assert abs(sum(r["classes"]) - 1) < 1e-9
     # One class only: no coverage, score 1 at most.
     ones = real[digits_classes(real) == 1]
-    assert digits_score(ones)["coverage"] < 0.3
+    assert digits_score(ones)["coverage"] < 0.45
     with pytest.raises(ValueError, match="64 pixels"):
         digits_score(torch.rand(4, 10))
