@@ -162,10 +162,13 @@ def test_divergence_is_reported_with_its_step():
 @pytest.mark.parametrize(
     "data, match",
     [
-        (torch.randn(100, 3), r"`data` must have shape \(n_samples, 2\) for RealNVP\(dim=2\); got \(100, 3\)"),
+        (torch.randn(100, 3), r"`data` must have shape \(n_samples, 2\) for RealNVP \(event_shape=\(2,\)\); "
+                              r"got \(100, 3\)"),
         (torch.randn(100), r"`data` must have shape \(n_samples, 2\).*got \(100,\)"),
         (torch.randn(0, 2), r"got \(0, 2\)"),
-        ((torch.randn(10, 2), torch.randn(10, 1)), r"must be a tensor x for RealNVP\(context_dim=0\); got 2 tensors"),
+        # Context is any tensor: the model's own loss refuses it (here: an unconditional model).
+        ((torch.randn(10, 2), torch.randn(10, 1)), r"unconditional"),
+        ((torch.randn(10, 2), torch.randn(10, 1), torch.randn(10, 1)), r"x or \(x, context\); got 3"),
     ],
 )
 def test_wrong_data_is_refused(data, match):
@@ -177,7 +180,7 @@ def test_bad_options_are_refused():
     data = toy("moons", 100)
     with pytest.raises(TypeError, match="unknown option"):
         fit(small_realnvp(), data, steps=1, progress=False, learning_rate=1e-3)
-    with pytest.raises(ValueError, match="`steps` must be an int >= 0"):
+    with pytest.raises(ValueError, match="`steps` must be an int >= 0; got -1"):
         fit(small_realnvp(), data, steps=-1, progress=False)
     with pytest.raises(ValueError, match="`max_seconds` must be a positive number"):
         fit(small_realnvp(), data, steps=1, max_seconds=0, progress=False)
