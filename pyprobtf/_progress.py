@@ -42,6 +42,6 @@ class ProgressBar:
         if self._bar is None:
             return
         if step is not None:
-            self.update(step, fraction=fraction, force=True, **postfix)
-        self._bar.close()
+            self.update(step, fraction=fraction, **postfix)
+        self._bar.close()  # draws the final state
         self._bar = None

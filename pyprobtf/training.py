@@ -483,6 +483,7 @@ class _IterableSource:
         self.pass_index, self.position = 0, 0
         self.pending = None
         self.peeked = None
+        self.taken = 0  # batches taken in this call of fit
 
     def settings(self):
         return {"data": "one-shot iterator" if self.one_shot else f"re-iterable {type(self.data).__name__}"}
@@ -534,7 +535,10 @@ class _IterableSource:
             if batch is None:
                 raise ValueError(f"fit: `data` ({type(self.data).__name__}) yields no batches")
         if batch is None:
+            if not self.taken:
+                raise ValueError(f"fit: `data` ({type(self.data).__name__}) yields no batches")
             return None
+        self.taken += 1
         parts = list(batch) if isinstance(batch, (tuple, list)) else [batch]
         parts = [_as_tensor(p, "data") for p in parts]
         _check_parts(self.model, parts, "a batch of `data`")
@@ -825,12 +829,11 @@ def _fit(model, data, steps, batch_size, device, seed, max_seconds, progress, ch
     scaler = torch.amp.GradScaler("cuda") if opts["precision"] == "fp16" else None
     cuda_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
-        init_parts, init_idx = source.init_batch(seed, ddp.rank, batch_size) if saved is None else (None, None)
-        if saved is None:
+        if saved is None and type(model).initialize is not ProbabilityTransform.initialize:
             # Data-dependent initialisation (ActNorm & co.) on every process; DDP then copies rank 0's.
+            init_parts, init_idx = source.init_batch(seed, ddp.rank, batch_size)
             torch.manual_seed(step_seed(seed, ddp.rank, _INIT_STEP))
-            data_dependent = type(model).initialize is not ProbabilityTransform.initialize
-            rows = _nonfinite_rows(init_parts) if data_dependent else []
+            rows = _nonfinite_rows(init_parts)
             if rows:
                 raise FloatingPointError(
                     f"fit: {name}: before step 0, the batch drawn for the data-dependent initialisation holds NaN "
@@ -839,7 +842,7 @@ def _fit(model, data, steps, batch_size, device, seed, max_seconds, progress, ch
             model.train()
             with torch.no_grad():
                 model.initialize(_to_device(init_parts, device, model.dtype))
-        elif isinstance(source, _IterableSource):
+        elif saved is not None and isinstance(source, _IterableSource):
             source.restore(saved["data"], seed, ddp.rank)
         objective: nn.Module = _Objective(model)
         if ddp.active:
