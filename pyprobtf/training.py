@@ -90,7 +90,7 @@ def resolve_device(device=None) -> torch.device:
 def _check_seed(seed, where: str, name: str = "seed") -> int:
     """``seed`` (a Python int in [-2^63, 2^64)) reduced modulo 2^64; the one seed domain of pyprobtf."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{where}: `{name}` must be an int; got {type(seed).__name__}")
+        raise TypeError(f"{where}: `{name}` must be an int; got {type(seed).__name__} {seed!r}")
     seed = int(seed)
     if not -(1 << 63) <= seed < (1 << 64):
         raise ValueError(f"{where}: `{name}` must be an int in [-2**63, 2**64); got {seed}")
@@ -280,9 +280,10 @@ def _check_options(opts: dict) -> dict:
     if opts["precision"] not in _PRECISIONS:
         raise ValueError(f"fit: `precision` must be one of {sorted(_PRECISIONS)}; got {opts['precision']!r}")
     betas = opts["betas"]
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+            and all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"fit: `betas` must be a pair of numbers in [0, 1); got {betas!r}")
-    out["betas"] = tuple(_check_real("betas", b, "a pair of numbers in [0, 1)", lambda v: 0 <= v < 1) for b in betas)
+    out["betas"] = tuple(float(b) for b in betas)
     return out
 
 
@@ -731,7 +732,7 @@ def fit(
     max_seconds = _check_real("max_seconds", max_seconds, "a positive number", lambda v: v > 0, none=True)
     seed = _check_seed(seed, "fit")
     if not isinstance(progress, bool):
-        raise TypeError(f"fit: `progress` must be a bool; got {type(progress).__name__}")
+        raise TypeError(f"fit: `progress` must be a bool; got {type(progress).__name__} {progress!r}")
     if not (resume is True or resume is False or resume == "force"):
         raise ValueError(f"fit: `resume` must be True, False or 'force'; got {resume!r}")
     log_every = _check_int("log_every", log_every if log_every is not None else max(1, steps // 100), 1)
@@ -741,7 +742,7 @@ def fit(
         num_threads = _check_int("num_threads", num_threads, 1)
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)):
-            raise TypeError(f"fit: `checkpoint` must be a path; got {type(checkpoint).__name__}")
+            raise TypeError(f"fit: `checkpoint` must be a path; got {type(checkpoint).__name__} {checkpoint!r}")
         checkpoint = Path(checkpoint)
     device = resolve_device(device)
     if opts["precision"] == "fp16" and device.type != "cuda":
