@@ -229,6 +229,15 @@ def test_distributed_training_keeps_both_ranks_identical(tmp_path):
         assert states_equal(r0[name]["state"], r1[name]["state"]), name
         # The ranks drew different batches: their losses differ, their weights do not.
         assert r0[name]["history"] != r1[name]["history"]
+    for name in ("dataset", "dataloader"):
+        assert r0[name]["steps"] == r1[name]["steps"] and states_equal(r0[name]["state"], r1[name]["state"]), name
+        assert r0[name]["history"] != r1[name]["history"], name
+    # fit shards a Dataset: in its first epoch the two processes read disjoint items (the data-dependent
+    # initialisation reads first: 512 items drawn with replacement; then 4 steps x 2 micro-batches x 32).
+    read0, read1 = r0["dataset"]["read"][-256:], r1["dataset"]["read"][-256:]
+    assert len(set(read0)) == len(set(read1)) == 256 and not set(read0) & set(read1)
+    # fit called set_epoch on the user's DistributedSampler at the second pass (8 batches each).
+    assert r0["dataloader"]["epoch"] == r1["dataloader"]["epoch"] == 1
     # The data-dependent initialisation was broadcast from rank 0 too (sigma_data is a buffer).
     assert torch.equal(r0["diffusion"]["state"]["sigma_data"], r1["diffusion"]["state"]["sigma_data"])
     # ... and the weights moved away from rank 1's own initial ones.
