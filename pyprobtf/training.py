@@ -340,10 +340,10 @@ def _check_parts(model, parts: list[torch.Tensor], where: str) -> None:
 def _to_device(parts, device, dtype):
     """A batch for the model: x (floating x in the model's dtype) or (x, context), moved to ``device``."""
     x = parts[0]
-    x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype, non_blocking=True)
+    x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype, non_blocking=device.type == "cuda")
     if len(parts) == 1:
         return x
-    return x, parts[1].to(device=device, non_blocking=True)
+    return x, parts[1].to(device=device, non_blocking=device.type == "cuda")
 
 
 def _nonfinite_rows(parts) -> list[int]:
