@@ -366,8 +366,6 @@ _END = object()
 class _TensorSource:
     """In-memory samples: each micro-batch drawn with replacement from the step's seed, moved to the device."""
 
-    kind = "tensor"
-
     def __init__(self, model, data):
         raw = list(data) if isinstance(data, (tuple, list)) else [data]
         self.parts = [_as_tensor(p, "data" if i == 0 else "context") for i, p in enumerate(raw)]
@@ -403,8 +401,6 @@ class _DatasetSource:
     Micro-batch ``m`` of the run is batch ``m % per_epoch`` of epoch ``m // per_epoch``, so a resumed run
     reads exactly the batches the uninterrupted one would have read, without reading the skipped ones.
     """
-
-    kind = "dataset"
 
     def __init__(self, model, dataset, batch_size, accumulate, seed, ddp: _Dist):
         try:
@@ -475,8 +471,6 @@ class _IterableSource:
     iterator given to it stands, and training stops ("data") when it runs out.
     """
 
-    kind = "iterable"
-
     def __init__(self, model, data):
         self.model, self.data = model, data
         self.one_shot = iter(data) is data
@@ -546,9 +540,7 @@ class _IterableSource:
         return parts
 
     def init_batch(self, seed, rank, batch_size):
-        self.peeked = self._next_batch(seed, rank)
-        if self.peeked is None:
-            raise ValueError("fit: `data` (an iterator) yields no batches")
+        self.peeked = self._next_batch(seed, rank)  # the first batch: step 0 trains on it too
         return self.peeked, None
 
     def start_step(self, seed, rank, step):
@@ -884,7 +876,7 @@ def _fit(model, data, steps, batch_size, device, seed, max_seconds, progress, ch
                 s = step_seed(seed, ddp.rank, step)
                 source.start_step(seed, ddp.rank, step)
                 micro = [source.next(batch_size) for _ in range(accumulate)]
-                if isinstance(source, _IterableSource):
+                if isinstance(source, _IterableSource) and source.one_shot:
                     ran_out = torch.tensor([float(any(m[0] is None for m in micro))], device=device)
                     if ddp.active:  # every process stops at the same step, or DDP's all-reduce would hang
                         dist.all_reduce(ran_out, op=dist.ReduceOp.MAX)
