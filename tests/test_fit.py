@@ -204,6 +204,19 @@ def test_progress_bar_draws_loss_and_finishes(monkeypatch):
     assert "fit RealNVP" in text and "20/20" in text and "loss" in text and "stopped steps" in text
 
 
+def test_progress_bar_projects_the_total_under_a_time_budget():
+    from pyprobtf._progress import ProgressBar
+
+    buffer = io.StringIO()
+    bar = ProgressBar(10**6, "fit X", file=buffer)
+    bar.update(10, fraction=0.5, loss=1.5)  # half the time budget used after 10 steps: about 20 in all
+    assert bar._bar.total == 20
+    bar.close(15, fraction=1.0, loss=1.25, stopped="time")
+    text = buffer.getvalue()
+    assert "15/15" in text and "loss 1.25 stopped time" in text and "100%" in text
+    ProgressBar(5, enabled=False).close(5)  # a disabled bar draws nothing and needs nothing
+
+
 def test_num_threads_is_restored():
     before = torch.get_num_threads()
     fit(small_realnvp(), toy("moons", 200), steps=2, batch_size=16, progress=False, num_threads=1)

@@ -256,3 +256,24 @@ def test_resume_with_a_generator_continues_where_it_stands(tmp_path):
     result = fit(resumed, stream, steps=20, progress=False, checkpoint=ckpt, **opts)  # batches 8.. of the stream
     assert result.steps == 20
     assert equal_states(resumed.state_dict(), straight.state_dict())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda_trains_and_resumes_exactly(tmp_path, precision):
+    """CPU data, CUDA training: batches move as they come; fp16 uses a GradScaler whose state is checkpointed."""
+    data = gaussian(512)
+    opts = {"steps": 12, "batch_size": 32, "lr": 0.01, "precision": precision, "device": "cuda", "seed": 1,
+            "grad_clip": 1.0, "progress": False}
+    torch.manual_seed(0)
+    straight = Mixed()
+    result = fit(straight, data, **opts)
+    assert straight.dtypes == {torch.bfloat16 if precision == "bf16" else torch.float16}
+    assert result.history[-1][1] < result.history[0][1]
+    ckpt = tmp_path / "amp.pt"
+    torch.manual_seed(0)
+    _interrupted(Mixed(), data, ckpt, 6, checkpoint_every=3, **{k: v for k, v in opts.items() if k != "progress"})
+    assert (load_checkpoint(ckpt)["scaler"] is not None) == (precision == "fp16")
+    resumed = Mixed()
+    fit(resumed, data, checkpoint=ckpt, **opts)
+    assert equal_states(resumed.state_dict(), straight.state_dict())
