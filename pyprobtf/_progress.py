@@ -20,7 +20,11 @@ class ProgressBar:
         self._bar = None
         if not enabled:
             return
-        from tqdm.auto import tqdm
+        try:
+            from tqdm.auto import tqdm
+        except ImportError as exc:
+            raise ImportError("pyprobtf's progress bar needs tqdm, a dependency of pyprobtf: pip install tqdm "
+                              "(or pass progress=False)") from exc
 
         self._bar = tqdm(total=self.total, desc=desc, file=file if file is not None else sys.stderr,
                          mininterval=min_interval, bar_format="{l_bar}{bar:%d}{r_bar}" % width, leave=True,
