@@ -642,9 +642,9 @@ def fit(
 
             Data stays where it is; each batch is moved to ``device`` as it comes.
         steps, batch_size, lr: optimizer steps, batch size (per process and per
-            micro-batch; ignored for a DataLoader/iterable, whose batches are
-            used as they come) and peak learning rate; ``None`` takes the
-            family's ``fit_defaults``.
+            micro-batch; a DataLoader's or iterable's batches are used as they
+            come, an ``IterableDataset`` is batched by it) and peak learning
+            rate; ``None`` takes the family's ``fit_defaults``.
         device: ``None`` (CUDA when available, else CPU), or a device.
         seed: an int in [-2**63, 2**64), taken modulo 2**64; seeds the batches
             and the training noise (torch's global RNG is left as it was).
