@@ -42,8 +42,8 @@ _backends.register_op(FILTER, _AUTO)
 OK, BAD_TEMPERATURE, BAD_TOP_K, BAD_TOP_P, BAD_MIN_P, BAD_UNIFORM, NAN_LOGIT, POS_INF_LOGIT, ALL_NEG_INF = range(9)
 
 _RULES = {
-    "temperature": "must be a number >= 0 (0 is greedy), finite in the compute dtype (at most 3.4028235e38 "
-                   "unless the logits are float64)",
+    "temperature": "must be a finite number >= 0 (0 is greedy) that stays finite in the compute dtype "
+                   "(at most 3.4028235e38 unless the logits are float64)",
     "top_k": "must be an integer >= 0 (0 keeps every token)",
     "top_p": "must be in (0, 1]",
     "min_p": "must be in [0, 1)",
