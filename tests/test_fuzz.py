@@ -123,6 +123,10 @@ def lincomb_cases(draw):
     return dict(tensors=tensors, coeffs=coeffs, noise_std=noise_std, seed=seed, offset=offset), out_kind
 
 
+def _overlappable(t) -> bool:
+    return t.dim() >= 2 and t.shape[0] > 1 and t.shape[1] > 1  # strides (1, 1) then share elements
+
+
 def _make_out(kind, tensors):
     first = tensors[0]
     if kind == "none":
@@ -131,7 +135,7 @@ def _make_out(kind, tensors):
         return torch.full_like(first, 7.0)
     if kind == "alias":
         return first  # in place: element by element, allowed
-    if kind == "overlap" and first.numel() > 1:
+    if kind == "overlap" and _overlappable(first):
         return torch.zeros(first.numel(), dtype=first.dtype).as_strided(first.shape, (1,) * first.dim())
     if kind == "expanded" and first.dim() == 2 and first.shape[1] > 1:
         return torch.zeros(first.shape[0], 1, dtype=first.dtype).expand(first.shape)
@@ -151,8 +155,10 @@ def test_lincomb(case):
     for r in results:
         if r[0] == "error":
             assert_clear_error(r, "lincomb", LINCOMB_ARGS)
-    same_outcome(results, lambda a, b: _close(a, b, a.dtype))
-    if out_kind == "overlap" and kwargs["tensors"][0].numel() > 1:
+    # The noise is float32 on every backend (its Box-Muller rounding differs by an ulp): float32 tolerance.
+    noisy = isinstance(kwargs["noise_std"], torch.Tensor) or kwargs["noise_std"] != 0
+    same_outcome(results, lambda a, b: _close(a, b, torch.float32 if noisy else a.dtype))
+    if out_kind == "overlap" and _overlappable(kwargs["tensors"][0]):
         assert results[0][0] == "error"  # an output with shared elements is never written
 
 
