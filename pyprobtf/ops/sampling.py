@@ -392,20 +392,23 @@ def sample_logits(
 
     Args:
         logits: ``(B, V)`` float32, float16, bfloat16 or float64, any strides.
-        temperature: a number ``>= 0`` or a ``(B,)`` tensor, one per row.
-        top_k: an integer ``>= 0`` (0, or ``>= V``, keeps every token) or a ``(B,)`` integer tensor.
+        temperature: a number ``>= 0`` or a ``(B,)`` tensor, one per row; finite once rounded
+            to the compute dtype (at most ``3.4028235e38`` unless the logits are float64).
+        top_k: an integer ``>= 0`` (0, or ``>= V`` however large, keeps every token) or a
+            ``(B,)`` integer tensor.
         top_p: in ``(0, 1]`` (1 keeps every token), or a ``(B,)`` tensor.
         min_p: in ``[0, 1)`` (0 keeps every token), or a ``(B,)`` tensor.
         uniform: a ``(B,)`` tensor of uniforms in ``[0, 1)``, one per row: the
             op is then a deterministic function of them.
-        seed: an integer (row ``b`` uses Philox key ``seed`` and counter
-            ``offset + b``) or a ``(B,)`` integer tensor (row ``b`` uses key
+        seed: an int in ``[-2^63, 2^64)``, taken modulo ``2^64`` (:mod:`pyprobtf.seeds`; row
+            ``b`` uses Philox key ``seed`` and counter ``offset + b``) or a ``(B,)`` int8/16/32/64
+            or uint8 tensor (row ``b`` uses key
             ``seed[b]`` and counter ``offset[b]``: per-request seeds that do not
             depend on the batch). The uniform is the 53-bit float64
             ``((w0 >> 5) * 2^26 + (w1 >> 6)) * 2^-53`` of the first two Philox
             words, computed inside the kernel (works in CUDA graphs).
-        offset: an integer or a ``(B,)`` integer tensor: the Philox counter
-            (advance it by one per step for a fresh draw).
+        offset: an int in ``[-2^63, 2^64)`` (modulo ``2^64``) or a ``(B,)`` integer tensor:
+            the Philox counter (advance it by one per step for a fresh draw).
         generator: a ``torch.Generator`` for ``torch.rand(B, dtype=float64)``;
             used when neither ``uniform`` nor ``seed`` is given (default: torch's
             global generator).
