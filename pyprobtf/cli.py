@@ -37,10 +37,41 @@ def _device_list(device: str) -> list[str]:
 # ----------------------------------------------------------------------------- zoo
 
 
+def _zoo_settings(args) -> tuple[list[str] | None, int]:
+    """(family names or None for the default set, the seed as a signed 64-bit int); UsageError otherwise."""
+    import math
+
+    from pyprobtf import seeds
+
+    families = None
+    if args.families is not None:
+        families = [f.strip() for f in args.families.split(",") if f.strip()]
+        if not families:
+            raise UsageError(f"--families must name at least one family; got {args.families!r}")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1; got {args.steps}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UsageError(f"--seconds must be a positive finite number; got {args.seconds}")
+    try:
+        seed = seeds.signed_int64(seeds.check_seed(args.seed, "--seed", "seed"))
+    except ValueError:
+        raise UsageError(f"--seed must be an integer in [-2^63, 2^64); got {args.seed}") from None
+    return families, seed
+
+
+def _one_line_error(parser: argparse.ArgumentParser):
+    """A parser's `error` that prints one line (no usage block) and exits with status 2."""
+
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    return error
+
+
 def cmd_zoo(args) -> int:
     from pyprobtf import zoo
 
-    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    families, seed = _zoo_settings(args)
     try:
         families = zoo.check_arguments(args.dataset, families)
     except ValueError as exc:
@@ -51,13 +82,9 @@ def cmd_zoo(args) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("drawing zoo.png needs matplotlib: pip install 'pyprobtf[viz]'") from None
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1; got {args.steps}")
-    if args.seconds <= 0:
-        raise UsageError(f"--seconds must be positive; got {args.seconds}")
     print(f"pyprobtf zoo: {len(families)} families on {args.dataset}, {args.seconds:g} s of training each"
           + (f" (at most {args.steps} steps)" if args.steps else "") + f", device {device}", flush=True)
-    report = zoo.run_zoo(args.dataset, families=families, steps=args.steps, seconds=args.seconds, seed=args.seed,
+    report = zoo.run_zoo(args.dataset, families=families, steps=args.steps, seconds=args.seconds, seed=seed,
                          device=device, out=out, progress=not args.quiet)
     print()
     print(report.table)
@@ -163,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--out", default=".", help="folder for zoo.png and results.json (default: here)")
     zoo.add_argument("--quiet", action="store_true", help="no progress bars")
     zoo.set_defaults(run=cmd_zoo)
+    zoo.error = _one_line_error(zoo)
 
     check = sub.add_parser("check", help="check every available backend of every op against its reference")
     check.add_argument("ops", nargs="*", metavar="OP", help="ops to check (default: all)")
