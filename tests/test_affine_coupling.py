@@ -22,7 +22,7 @@ from pyprobtf.ops._backends import triton_interpreting
 from pyprobtf.testing.ops import check_affine_coupling_backward, check_affine_coupling_forward
 from pyprobtf.testing import DTYPES, LAYOUTS, batch_shapes, make_tensor
 
-SCALE_FNS = ("exp", "softclamp", "sigmoid")
+SCALE_FNS = ("exp", "softclamp", "sigmoid", "softclip", "sigmoid_eps", "inv_sigmoid")
 CPU_BACKENDS = ["reference", "cpp"]
 GPU_BACKENDS = ["reference", "cuda", "triton"]
 HAS_CUDA = torch.cuda.is_available()
@@ -321,7 +321,7 @@ def test_bad_tensors(make, error, match):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"scale_fn": "tanh"}, ValueError, r"`scale_fn` must be one of \('exp', 'softclamp', 'sigmoid'\); got 'tanh'"),
+        ({"scale_fn": "tanh"}, ValueError, r"`scale_fn` must be one of \('exp', 'softclamp', 'sigmoid', 'softclip', 'sigmoid_eps', 'inv_sigmoid'\); got 'tanh'"),
         ({"clamp": 0.0}, ValueError, r"`clamp` must be positive and finite; got 0.0"),
         ({"clamp": -1}, ValueError, r"`clamp` must be positive and finite; got -1.0"),
         ({"clamp": math.inf}, ValueError, r"`clamp` must be positive and finite; got inf"),
