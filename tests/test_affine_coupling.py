@@ -119,6 +119,16 @@ def test_triton_backward_matches_reference(c):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("scale_fn", SCALE_FNS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_every_scale_fn(scale_fn, dtype):
+    for inverse in (False, True):
+        check_forward("triton", triton_device(), dtype, (3, 5), ["contiguous", "sliced", "contiguous"], scale_fn, 1.5,
+                      inverse)
+        check_backward("triton", triton_device(), dtype, (3, 5), ["contiguous"] * 3, scale_fn, 1.5, inverse)
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("inverse", [False, True])
 def test_triton_long_rows(inverse):
     # More than one column tile per row: partial sums and the second kernel.
