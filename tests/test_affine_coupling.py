@@ -331,7 +331,9 @@ def test_bad_tensors(make, error, match):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"scale_fn": "tanh"}, ValueError, r"`scale_fn` must be one of \('exp', 'softclamp', 'sigmoid', 'softclip', 'sigmoid_eps', 'inv_sigmoid'\); got 'tanh'"),
+        ({"scale_fn": "tanh"}, ValueError,
+         r"`scale_fn` must be one of \('exp', 'softclamp', 'sigmoid', 'softclip', 'sigmoid_eps', 'inv_sigmoid'\); "
+         r"got 'tanh'"),
         ({"clamp": 0.0}, ValueError, r"`clamp` must be positive and finite; got 0.0"),
         ({"clamp": -1}, ValueError, r"`clamp` must be positive and finite; got -1.0"),
         ({"clamp": math.inf}, ValueError, r"`clamp` must be positive and finite; got inf"),

@@ -78,7 +78,9 @@ def _uniforms(fn: str, generator, rows: int, device) -> torch.Tensor | None:
     if generator is None or isinstance(generator, torch.Generator):
         return None
     if not isinstance(generator, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generator):
-        raise TypeError(f"{fn}: `generator` must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        raise TypeError(
+            f"{fn}: `generator` must be a torch.Generator or a list of them, got {type(generator).__name__}"
+        )
     if len(generator) != rows:
         raise ValueError(f"{fn}: `generator` must hold one generator per output row, {rows}; got {len(generator)}")
     draws = [torch.rand(1, dtype=torch.float64, generator=g, device=g.device) for g in generator]
@@ -98,7 +100,8 @@ def _sample(fn: str, logits, *, indices, generator, seed, offset, return_logprob
     logits = _gather_rows(fn, logits, indices)  # parameters are per output row already
     if joint:
         # Each filter on the original distribution; the token must pass both.
-        kept = (filter_logits(logits, top_k=top_k) > float("-inf")) & (filter_logits(logits, top_p=top_p) > float("-inf"))
+        in_top_k = filter_logits(logits, top_k=top_k) > float("-inf")
+        kept = in_top_k & (filter_logits(logits, top_p=top_p) > float("-inf"))
         logits = logits.masked_fill(~kept, float("-inf"))
         top_k, top_p = 0, 1.0
     uniform = _uniforms(fn, generator, logits.shape[0], logits.device)

@@ -132,7 +132,8 @@ def test_sampling_matches_model(name, order, c):
             value[0] = 3 if key == "top_k" else (0.6 if key == "top_p" else 0.1)
         params[key] = value
     seeds = torch.randint(0, 2**31, (c["rows"],), generator=g)
-    args = [logits.float() if from_logits else p.float()] + [params[k] for k in ("top_k", "top_p", "min_p") if k in params]
+    args = [logits.float() if from_logits else p.float()]
+    args += [params[k] for k in ("top_k", "top_p", "min_p") if k in params]
     kwargs = {"generator": _generators(seeds), "return_logprobs": True}
     if used == {"top_k", "top_p"}:
         kwargs["filter_apply_order"] = order
