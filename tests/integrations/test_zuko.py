@@ -113,3 +113,29 @@ def test_training_reaches_the_same_nll(features):
     _, fresh = _pair(features, torch.float64, 5, transforms=3, hidden_features=(32,))
     with torch.no_grad():
         assert losses["ours"] < -fresh().log_prob(data).mean().item()
+
+
+@pytest.mark.parametrize("slope", [1e-3, 0.05])
+def test_general_coupling_transform_matches_zuko(slope):
+    torch.manual_seed(4)
+    peer = zuko.flows.GeneralCouplingTransform(
+        5, 2, hidden_features=(8,),
+        univariate=lambda shift, scale: zuko.transforms.MonotonicAffineTransform(shift, scale, slope=slope),
+    ).double()
+    ours = pzuko.GeneralCouplingTransform(
+        5, 2, hidden_features=(8,),
+        univariate=lambda shift, scale: pzuko.MonotonicAffineTransform(shift, scale, slope=slope),
+    ).double()
+    ours.load_state_dict(peer.state_dict())
+    assert ours.state_dict().keys() == peer.state_dict().keys()
+    x, c = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    y_ours, ladj_ours = ours(c).call_and_ladj(x)
+    y_peer, ladj_peer = peer(c).call_and_ladj(x)
+    torch.testing.assert_close(y_ours, y_peer, **TOL[torch.float64])
+    torch.testing.assert_close(ladj_ours, ladj_peer, **TOL[torch.float64])
+    torch.testing.assert_close(ours(c).inv(y_ours), x, **TOL[torch.float64])
+    # NICE is the same flow under its other name.
+    nice_peer, nice_ours = zuko.flows.NICE(3), pzuko.NICE(3)
+    nice_ours.load_state_dict(nice_peer.state_dict())
+    torch.testing.assert_close(nice_ours().log_prob(x[:, :3].float()), nice_peer().log_prob(x[:, :3].float()),
+                               **TOL[torch.float32])
