@@ -11,9 +11,9 @@ with ``s = scale`` (``"exp"``), ``clamp * tanh(scale / clamp)`` (``"softclamp"``
 (``"softclip"``: zuko's monotonic affine transform, ``clamp = -log(slope)``),
 ``log(sigmoid(scale + 2) + 1e-3)`` (``"sigmoid_eps"``: nflows) or
 ``-log(sigmoid(scale + 2))`` (``"inv_sigmoid"``: normflows' ``scale_map="sigmoid"``).
-Gradients for all three inputs
-come from one fused backward pass (higher derivatives, with
-``create_graph=True``, from the same chain rule written in torch ops).
+Gradients for all three inputs come from one fused backward pass (higher
+derivatives, with ``create_graph=True``, from the same chain rule written in
+torch ops).
 
 Two call paths share the same backend launchers: eager calls on plain tensors
 go through a ``torch.autograd.Function`` (a few microseconds of overhead);
