@@ -72,9 +72,10 @@ def diffusers_loop(scheduler, model, x, steps):
     scheduler.set_timesteps(steps, device=x.device)
     x = x * getattr(scheduler, "init_noise_sigma", 1.0)
     generator = torch.Generator(x.device).manual_seed(0)
+    scale = getattr(scheduler, "scale_model_input", None)  # flow matching has none
+    kwargs = {"generator": generator} if "generator" in scheduler.step.__code__.co_varnames else {}
     for t in scheduler.timesteps:
-        out = model(scheduler.scale_model_input(x, t), t)
-        kwargs = {"generator": generator} if "generator" in scheduler.step.__code__.co_varnames else {}
+        out = model(x if scale is None else scale(x, t), t)
         x = scheduler.step(out, t, x, **kwargs).prev_sample
     return x
 

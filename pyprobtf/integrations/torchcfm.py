@@ -218,7 +218,7 @@ class ConditionalFlowMatcher(_Fused, _cfm.ConditionalFlowMatcher):
 
 class ExactOptimalTransportConditionalFlowMatcher(ConditionalFlowMatcher,
                                                   _cfm.ExactOptimalTransportConditionalFlowMatcher):
-    """torchcfm's OT-CFM: pairs drawn from the exact minibatch OT plan (in torch), then as :class:`ConditionalFlowMatcher`."""
+    """torchcfm's OT-CFM: pairs drawn from the exact minibatch OT plan (in torch), then as the independent CFM."""
 
     def __init__(self, sigma=0.0):
         _cfm.ConditionalFlowMatcher.__init__(self, sigma)
