@@ -1,4 +1,4 @@
-"""One interface for models from any library: what :mod:`pyprobtf.testing.verify` checks.
+"""One interface for models from any library: what :mod:`pyprobtf.testing.verification` checks.
 
 :func:`as_subject` recognises, by duck typing only (no peer library is
 imported here):
@@ -233,13 +233,20 @@ def _from_pyprobtf(model) -> Subject:
     return _flatten(subject, event_shape) if len(event_shape) > 1 else subject
 
 
+def _own_call_and_ladj(t) -> bool:
+    """Whether ``t``'s class defines ``call_and_ladj`` itself (zuko's transforms), rather than inheriting the
+    generic one zuko adds to every torch Transform."""
+    method = getattr(type(t), "call_and_ladj", None)
+    return method is not None and method is not getattr(Transform, "call_and_ladj", None)
+
+
 def _from_torch_transform(t: Transform, dim: int | None, interface: str | None = None, convert=None) -> Subject:
     if dim is None:
         raise ValueError("as_subject: a Transform does not say its input size: pass `dim` (--dim on the command line)")
-    zuko_style = hasattr(t, "call_and_ladj")
+    zuko_style = _own_call_and_ladj(t)
 
     def apply(tr, v):
-        if hasattr(tr, "call_and_ladj"):
+        if _own_call_and_ladj(tr):
             y, ladj = tr.call_and_ladj(v)
         else:
             y = tr(v)
