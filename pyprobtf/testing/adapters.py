@@ -70,7 +70,7 @@ class Subject:
         seeded: whether ``sample`` takes the seed natively (else the global RNG is seeded around it).
         support: the constraint on ``x`` (``constraints.real`` unless the object says otherwise).
         convert: ``dtype -> Subject`` for a copy in another dtype, or None when the object cannot be cast.
-        random_maps: the maps draw random numbers (a decoder with noise), so only sampling can be compared.
+        base_log_prob: ``z -> log base(z)`` for the points of ``base_sample``, where the object has a base.
     """
 
     obj: object
@@ -84,6 +84,7 @@ class Subject:
     base_sample: Callable[[int, int], torch.Tensor] | None = None
     seeded: bool = False
     support: object = constraints.real
+    base_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None
     convert: Callable[[torch.dtype], Subject] | None = field(default=None, repr=False)
 
     def points(self, n: int, seed: int) -> torch.Tensor:
@@ -227,6 +228,7 @@ def _from_pyprobtf(model) -> Subject:
         log_prob=model.log_prob if "log_prob" in caps else None,
         sample=lambda n, s: model.sample(n, seed=s),
         base_sample=_global_seeded(lambda n: model.base.sample((n,))),
+        base_log_prob=lambda z: model.base.log_prob(z),
         seeded=True,
         convert=lambda dt: _from_pyprobtf(_cast(model, dt)),
     )
@@ -288,7 +290,7 @@ def _from_distribution(d: Distribution, interface: str | None = None, convert=No
         support = constraints.real
     probe = d.sample((1,))
     dtype = probe.dtype if probe.is_floating_point() else torch.get_default_dtype()
-    forward = inverse = base_sample = None
+    forward = inverse = base_sample = base_log_prob = None
     parts = []
     if hasattr(d, "transform") and hasattr(d, "base") and hasattr(d.transform, "call_and_ladj") and len(event) == 1:
         # zuko's NormalizingFlow: transform maps x to the base's z; sample() is transform.inv(base.sample())
@@ -296,6 +298,7 @@ def _from_distribution(d: Distribution, interface: str | None = None, convert=No
         forward = lambda z: (lambda y: (y[0], _sum_event(y[1], z.shape[0])))(t.inv.call_and_ladj(z))  # noqa: E731
         inverse = lambda x: (lambda y: (y[0], _sum_event(y[1], x.shape[0])))(t.call_and_ladj(x))  # noqa: E731
         base_sample = _global_seeded(lambda n: d.base.sample((n,)))
+        base_log_prob = d.base.log_prob
         parts = ["transform.inv.call_and_ladj (z -> x)", "transform.call_and_ladj (x -> z)"]
     elif isinstance(d, torch.distributions.TransformedDistribution) and len(event) <= 1:
         t = torch.distributions.ComposeTransform(list(d.transforms))
@@ -310,6 +313,8 @@ def _from_distribution(d: Distribution, interface: str | None = None, convert=No
         forward = lambda z: through(t, z)  # noqa: E731
         inverse = lambda x: through(t.inv, x)  # noqa: E731
         base_sample = _global_seeded(lambda n: flat(d.base_dist.sample((n,))))
+        if not scalar and len(d.base_dist.event_shape) == 1:
+            base_log_prob = d.base_dist.log_prob
         parts = ["transforms (z -> x)", "transforms' inverse (x -> z)"]
     parts += ["log_prob", "sample (global RNG seeded)"]
     return Subject(
@@ -317,7 +322,7 @@ def _from_distribution(d: Distribution, interface: str | None = None, convert=No
         ", ".join(parts), dim=dim, dtype=dtype, forward=forward, inverse=inverse,
         log_prob=lambda x: d.log_prob(unflat(x)),
         sample=_global_seeded(lambda n: flat(d.sample((n,)))),
-        base_sample=base_sample, support=support,
+        base_sample=base_sample, support=support, base_log_prob=base_log_prob,
         convert=convert or (lambda dt: _from_distribution(_cast(d, dt), interface)),
     )
 
@@ -340,10 +345,7 @@ def _from_lazy_cast(module, dtype):
 
 
 def _from_lazy_transform(module: nn.Module, t: Transform, dim) -> Subject:
-    if dim is None:
-        for name in ("features", "in_features", "dim"):
-            if isinstance(getattr(module, name, None), int):
-                dim = getattr(module, name)
+    dim = dim if dim is not None else _dim_attribute(module)
     name = f"lazy transform {type(module).__name__}() -> " + (
         "zuko Transform: call_and_ladj (z -> x), inv.call_and_ladj (x -> z)" if hasattr(t, "call_and_ladj") else
         "torch Transform")
@@ -366,6 +368,7 @@ def _from_nflows_flow(flow: nn.Module) -> Subject:
         forward=lambda v: tr.inverse(v), inverse=lambda x: tr(x), log_prob=flow.log_prob,
         sample=_global_seeded(lambda n: flow.sample(n)),
         base_sample=_global_seeded(lambda n: flow._distribution.sample(n)),
+        base_log_prob=flow._distribution.log_prob if len(dim_shape) == 1 else None,
         convert=lambda dt: _from_nflows_flow(_cast(flow, dt)),
     )
     return _flatten(s, dim_shape)
@@ -381,12 +384,23 @@ def _from_normflows(flow: nn.Module, dim) -> Subject:
         forward=flow.forward_and_log_det, inverse=flow.inverse_and_log_det, log_prob=flow.log_prob,
         sample=_global_seeded(lambda n: flow.sample(n)[0]),
         base_sample=_global_seeded(lambda n: flow.q0(n)[0]),
+        base_log_prob=flow.q0.log_prob if len(dim_shape) == 1 else None,
         convert=lambda dt: _from_normflows(_cast(flow, dt), dim),
     )
     return _flatten(s, dim_shape)
 
 
+def _dim_attribute(obj) -> int | None:
+    """The input size an object states as ``dim``, ``features`` or ``in_features`` (an int), if any."""
+    for name in ("dim", "features", "in_features"):
+        value = getattr(obj, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def _from_pair(f, inverse, dim, interface, log_prob=None, sample=None) -> Subject:
+    dim = dim if dim is not None else _dim_attribute(f)
     if dim is None:
         raise ValueError("as_subject: a callable does not say its input size: pass `dim` (--dim on the command line)")
 
@@ -403,11 +417,28 @@ def _from_pair(f, inverse, dim, interface, log_prob=None, sample=None) -> Subjec
     if isinstance(f, nn.Module):
         def convert(dt):
             g = _cast(f, dt)
-            return _from_pair(g, getattr(g, "inverse", None) if inverse is getattr(f, "inverse", None) else inverse,
-                              dim, interface, getattr(g, "log_prob", None) if log_prob is not None else None,
-                              None)
-    return Subject(obj=f, interface=interface, dim=int(dim), dtype=_first_param_dtype(f) or torch.float64,
-                   forward=fwd, inverse=inv, log_prob=log_prob, sample=sample, convert=convert)
+            own_inverse = inverse is not None and getattr(inverse, "__self__", None) is f
+            return _from_pair(g, g.inverse if own_inverse else inverse, dim, interface,
+                              g.log_prob if log_prob is not None and hasattr(g, "log_prob") else None,
+                              _sampler(g)[0] if sample is not None else None)
+    base = getattr(f, "base", None)
+    base = base if isinstance(base, Distribution) and tuple(base.event_shape) == (int(dim),) else None
+    return Subject(obj=f, interface=interface + (", base" if base is not None else ""), dim=int(dim),
+                   dtype=_first_param_dtype(f) or torch.float64, forward=fwd, inverse=inv, log_prob=log_prob,
+                   sample=sample, convert=convert,
+                   base_sample=None if base is None else _global_seeded(lambda n: base.sample((n,))),
+                   base_log_prob=None if base is None else base.log_prob,
+                   seeded=sample is not None and "seed" in _param_names(getattr(f, "sample", None)))
+
+
+def _sampler(obj):
+    """``obj.sample(n, seed=)`` (or ``obj.sample(n)`` under a seeded global RNG) as ``(n, seed) -> x``."""
+    fn = getattr(obj, "sample", None)
+    if not callable(fn):
+        return None, ""
+    if "seed" in _param_names(fn):
+        return (lambda n, s: fn(n, seed=s)), ", sample(n, seed=)"
+    return _global_seeded(lambda n: fn(n)), ", sample(n) (global RNG seeded)"
 
 
 def as_subject(obj, *, dim: int | None = None, inverse: Callable | None = None) -> Subject:
@@ -450,8 +481,10 @@ def as_subject(obj, *, dim: int | None = None, inverse: Callable | None = None) 
                           "(x -> z)")
     if callable(getattr(obj, "inverse", None)) and callable(obj):
         lp = getattr(obj, "log_prob", None)
+        sample, how = _sampler(obj)
         return _from_pair(obj, obj.inverse, dim, f"{type(obj).__name__}: obj(z) -> (x, ladj), obj.inverse(x) -> "
-                          "(z, ladj)" + (", log_prob" if callable(lp) else ""), log_prob=lp if callable(lp) else None)
+                          "(z, ladj)" + (", log_prob" if callable(lp) else "") + how,
+                          log_prob=lp if callable(lp) else None, sample=sample)
     if callable(obj):
         return _from_pair(obj, inverse, dim, "callable f(z) -> (x, ladj)" + (" with inverse" if inverse else ""))
     raise TypeError(f"as_subject: `obj` must be a pyprobtf ProbabilityTransform, a torch Distribution or Transform, a "
