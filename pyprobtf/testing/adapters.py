@@ -151,6 +151,11 @@ def _cast_in_place(obj, dtype, seen):
     seen.add(id(obj))
     if isinstance(obj, nn.Module):
         obj.to(dtype)
+        # Tensors kept as plain attributes (nflows' MADE masks) are not moved by Module.to.
+        for module in obj.modules():
+            for name, value in list(vars(module).items()):
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and not name.startswith("_"):
+                    setattr(module, name, value.to(dtype))
         return
     items = vars(obj).items() if hasattr(obj, "__dict__") else ()
     for name, value in list(items):
@@ -358,16 +363,32 @@ def _from_lazy_transform(module: nn.Module, t: Transform, dim) -> Subject:
     return replace(s, dtype=_first_param_dtype(module) or s.dtype)
 
 
+def _in_default_dtype(dtype, draw):
+    """``draw`` run with torch's default dtype set to ``dtype``: nflows' bases draw their noise in the default
+    dtype whatever the flow's, so a float64 flow samples only this way."""
+
+    def run(*args):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            return draw(*args)
+        finally:
+            torch.set_default_dtype(previous)
+
+    return run
+
+
 def _from_nflows_flow(flow: nn.Module) -> Subject:
     tr = flow._transform
-    z = flow._distribution.sample(1)
+    dtype = _first_param_dtype(flow) or torch.get_default_dtype()
+    z = _in_default_dtype(dtype, flow._distribution.sample)(1)
     dim_shape = tuple(z.shape[1:])
     s = Subject(
         obj=flow, interface="nflows Flow: _transform.inverse (z -> x), _transform (x -> z), log_prob, sample "
-        "(global RNG seeded)", dim=math.prod(dim_shape), dtype=_first_param_dtype(flow) or z.dtype,
+        "(global RNG seeded, default dtype the flow's)", dim=math.prod(dim_shape), dtype=dtype,
         forward=lambda v: tr.inverse(v), inverse=lambda x: tr(x), log_prob=flow.log_prob,
-        sample=_global_seeded(lambda n: flow.sample(n)),
-        base_sample=_global_seeded(lambda n: flow._distribution.sample(n)),
+        sample=_global_seeded(_in_default_dtype(dtype, lambda n: flow.sample(n))),
+        base_sample=_global_seeded(_in_default_dtype(dtype, lambda n: flow._distribution.sample(n))),
         base_log_prob=flow._distribution.log_prob if len(dim_shape) == 1 else None,
         convert=lambda dt: _from_nflows_flow(_cast(flow, dt)),
     )

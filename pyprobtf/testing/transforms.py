@@ -82,6 +82,12 @@ def check_invertibility(model, z: torch.Tensor | None = None, *, x: torch.Tensor
     few thousand ulps of the model's dtype; pass looser ones for ODE-based
     models, whose inverse is a numerical solve. Returns the largest error.
     """
+    if not _is_pyprobtf(model) and z is None and x is None and context is None:
+        # Any other library's model (zuko, nflows, normflows, torch.distributions, a callable with an inverse):
+        # the relative error of pyprobtf.testing.verify_invertibility.
+        from pyprobtf.testing.verification import assert_invertible
+
+        return assert_invertible(model, n=n, seed=seed, rtol=rtol).error
     z = _inputs(model, z, n, seed)
     tol = _default_tol(model.dtype)
     rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
