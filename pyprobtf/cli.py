@@ -149,7 +149,6 @@ def cmd_bench(args) -> int:
 def _load_object(spec: str):
     """``MODULE:OBJECT`` (a dotted module or a path to a .py file; OBJECT may be dotted) -> the object."""
     import importlib.util
-    import inspect
 
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:

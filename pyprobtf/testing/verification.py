@@ -302,7 +302,8 @@ def verify_log_det(s: Subject, *, n: int = 8, seed: int = 0, rtol: float | None 
             half_width = _student_t_997(probes - 1) * se / (1 + expected.abs())
             err, b = float((diff - half_width).clamp_min(0).max()), rtol
             how = (f"stochastic Lanczos quadrature ({probes} probes, {lanczos_steps} steps) above dim "
-                   f"{exact_max_dim}: the error beyond the 99.7% confidence half-width (Student t over the probes; at most "
+                   f"{exact_max_dim}: the error beyond the 99.7% confidence half-width (Student t over the "
+                   f"probes; at most "
                    f"{float(half_width.max()):.2g}), {n} points")
         measured = True
         if err > worst:
