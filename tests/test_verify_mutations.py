@@ -25,7 +25,7 @@ from pyprobtf.testing import (  # noqa: E402
     verify_sde_weak_order,
 )
 
-NUMBER = re.compile(r"measured (-?[0-9.e+-]+|inf) > bound")
+NUMBER = re.compile(r"measured (-?[0-9.e+-]+|inf) > bound|p-value [0-9.e+-]+ < alpha")
 
 
 def _step_results(name, seed=0):

@@ -93,11 +93,14 @@ class CheckResult:
     def message(self) -> str:
         if self.passed is None:
             return f"{self.check}: not applicable ({self.detail})"
-        p = f", p-value {self.p_value:.3g}" if self.p_value is not None else ""
         verdict = "holds" if self.passed else "VIOLATED"
-        rel = "<=" if self.passed else ">"
-        return f"{self.check} {verdict}: measured {self.error:.3g} {rel} bound {self.bound:.3g}{p} ({self.detail}) " \
-               f"[{self.interface}]"
+        if self.p_value is not None:  # a statistical test: the bound is its level
+            rel = ">=" if self.passed else "<"
+            size = f"p-value {self.p_value:.3g} {rel} alpha {self.bound:g} (statistic {self.error:.3g})"
+        else:
+            rel = "<=" if self.passed else ">"
+            size = f"measured {self.error:.3g} {rel} bound {self.bound:.3g}"
+        return f"{self.check} {verdict}: {size} ({self.detail}) [{self.interface}]"
 
     def raise_if_failed(self) -> CheckResult:
         if self.passed is False:
@@ -122,7 +125,8 @@ class Report:
 
     def table(self) -> str:
         """A fixed-width pass/fail table with the numbers."""
-        lines = [f"{'check':22s} {'result':6s} {'measured':>10s} {'bound':>10s} {'p-value':>8s} {'s':>5s}  detail"]
+        lines = [f"{'check':22s} {'result':6s} {'measured':>10s} {'bound':>10s} {'p-value':>8s} {'s':>5s}  detail",
+                 "  (statistical checks: measured = the statistic, bound = the level alpha the p-value is held to)"]
         for r in self.results:
             p = f"{r.p_value:8.3g}" if r.p_value is not None else f"{'':8s}"
             err = f"{r.error:10.3g}" if r.passed is not None else f"{'':10s}"
@@ -508,7 +512,7 @@ def verify_sample_log_prob(s: Subject, *, n: int = 500, seed: int = 0, alpha: fl
         p = min(1.0, 3 * p)
         how += (" and of F^-1(samples) against the base's score, and a Kolmogorov-Smirnov test of log base("
                 "F^-1(samples)) against fresh base draws (smallest p-value, Bonferroni over 3)")
-    return CheckResult("sample_log_prob", p >= alpha, stat, math.nan, p_value=p,
+    return CheckResult("sample_log_prob", p >= alpha, stat, alpha, p_value=p,
                        detail=f"{how}, wild bootstrap, fails below p = {alpha:g}")
 
 
@@ -584,7 +588,7 @@ def verify_batch_invariance(s: Subject, *, n: int = 16, rows: int = 4, seed: int
         return CheckResult("batch_invariance", False, math.inf, 0.0,
                            detail="sampling: non-finite values when drawing one row per call or a batch")
     stat, p = _mmd_permutation_p(one, many, seed)
-    return CheckResult("batch_invariance", p >= alpha and worst <= tol, stat, math.nan, p_value=p,
+    return CheckResult("batch_invariance", p >= alpha and worst <= tol, stat, alpha, p_value=p,
                        detail=f"maps: max relative difference {worst:.2g} <= {tol:.2g}; sampling: squared MMD of "
                               f"{samples} rows drawn one per call vs in one batch, permutation test, fails below "
                               f"p = {alpha:g}")
@@ -822,13 +826,15 @@ CHECKS = {
 
 def verify(obj, *, dim: int | None = None, inverse: Callable | None = None, dtype: torch.dtype | None = None,
            seed: int = 0, checks=None, rtol: float | None = None, ladj_rtol: float | None = None,
-           density_atol: float = 0.02, alpha: float = ALPHA, eval_mode: bool = True) -> Report:
+           density_atol: float = 0.02, n_grid: int | None = None, alpha: float = ALPHA,
+           eval_mode: bool = True) -> Report:
     """Run every check that applies to ``obj``; returns a :class:`Report` (``.passed``, ``.table()``).
 
     ``dtype``: cast a copy of the object first (float64 by default where it can be cast, so that the
     tolerances measure the model rather than rounding). ``eval_mode``: ``nn.Module`` objects are put in
     eval mode for the checks (batch norm and dropout in training mode make rows depend on each other) and
-    restored afterwards. ``checks``: names from :data:`CHECKS` (default: all).
+    restored afterwards. ``checks``: names from :data:`CHECKS` (default: all). ``rtol``, ``ladj_rtol``,
+    ``density_atol``, ``n_grid`` (quadrature points per axis) and ``alpha`` go to the checks that take them.
 
     Example:
         >>> from pyprobtf.families import RealNVP
@@ -860,6 +866,7 @@ def verify(obj, *, dim: int | None = None, inverse: Callable | None = None, dtyp
                 kwargs["rtol"] = ladj_rtol
             if name == "density_normalization":
                 kwargs["atol"] = density_atol
+                kwargs["n_grid"] = n_grid
             if name in ("sample_log_prob", "batch_invariance"):
                 kwargs["alpha"] = alpha
             report.results.append(CHECKS[name](subject, **kwargs))
