@@ -154,24 +154,26 @@ def _prepare_data(model: ProbabilityTransform, data, device, dtype) -> list[torc
     """``data`` (x, or (x, context)) as a list of tensors on ``device``, checked against the model."""
     name = type(model).__name__
     parts = list(data) if isinstance(data, (tuple, list)) else [data]
-    expected = 2 if model.context_dim else 1
+    expected = 2 if model.conditional else 1
     if len(parts) != expected:
-        what = "(x, context)" if model.context_dim else "a tensor x"
+        what = "(x, context)" if model.conditional else "a tensor x"
         raise ValueError(f"fit: `data` must be {what} for {name}(context_dim={model.context_dim}); "
                          f"got {len(parts)} tensors")
     out = []
-    for i, (part, width, label) in enumerate(zip(parts, (model.dim, model.context_dim), ("data", "context"))):
+    shapes = (model.event_shape, () if model.num_classes else model.context_shape)
+    for i, (part, shape, label) in enumerate(zip(parts, shapes, ("data", "context"))):
         if not isinstance(part, torch.Tensor):
             try:
                 part = torch.as_tensor(part)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise TypeError(f"fit: `{label}` must be a tensor of samples; got {type(part).__name__}") from exc
-        if part.dim() != 2 or part.shape[1] != width or part.shape[0] == 0:
-            raise ValueError(f"fit: `{label}` must have shape (n_samples, {width}) for {name}("
-                             f"{'dim' if i == 0 else 'context_dim'}={width}); got {tuple(part.shape)}")
+        if tuple(part.shape[1:]) != tuple(shape) or part.shape[0] == 0:
+            raise ValueError(f"fit: `{label}` must have shape (n_samples, {', '.join(map(str, shape))}) for "
+                             f"{name}({'event_shape' if i == 0 else 'context'}={shape}); got {tuple(part.shape)}")
         if part.is_complex() or part.dtype == torch.bool:
             raise TypeError(f"fit: `{label}` must hold real numbers; got {part.dtype}")
-        out.append(part.to(device=device, dtype=dtype))
+        labels = i == 1 and model.num_classes
+        out.append(part.to(device=device) if labels else part.to(device=device, dtype=dtype))
     if len(out) == 2 and out[0].shape[0] != out[1].shape[0]:
         raise ValueError(f"fit: `data` and `context` must have as many rows; got {out[0].shape[0]} and "
                          f"{out[1].shape[0]}")
@@ -191,7 +193,7 @@ def _show_rows(rows: list[int]) -> str:
 def _nonfinite_rows(parts, idx) -> list[int]:
     bad = torch.zeros(idx.shape[0], dtype=torch.bool, device=parts[0].device)
     for p in parts:
-        bad |= ~torch.isfinite(p[idx]).all(1)
+        bad |= ~torch.isfinite(p[idx].reshape(idx.shape[0], -1)).all(1)
     return idx[bad.cpu()].tolist()
 
 
