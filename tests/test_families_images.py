@@ -235,3 +235,67 @@ def test_unet_errors():
         UNet(1, channels=())
     with pytest.raises(ValueError, match="not both"):
         UNet(1, num_classes=2, context_dim=3)
+
+
+# ---------------------------------------------------------------------- RealNVP on images
+
+
+class Conditioner(nn.Module):
+    """A scale/shift network written here: conv -> tanh -> conv, (B, c_in, h, w) -> (B, c_out, h, w)."""
+
+    built = []
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        Conditioner.built.append((c_in, c_out))
+        self.body = nn.Sequential(nn.Conv2d(c_in, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, c_out, 3, padding=1))
+
+    def forward(self, h):
+        return 0.1 * self.body(h)
+
+
+@pytest.mark.parametrize("factor_out", [True, False])
+def test_realnvp_multiscale_with_a_user_conditioner(factor_out):
+    torch.manual_seed(0)
+    Conditioner.built.clear()
+    model = fam.RealNVP(event_shape=IMAGE, conditioner=Conditioner, factor_out=factor_out)
+    # 3 checkerboard couplings on (1, 8, 8), 3 channel-wise on the squeezed (4, 4, 4), 4 checkerboard at the end.
+    final_channels = 2 if factor_out else 4
+    assert Conditioner.built == [(1, 2)] * 3 + [(2, 4)] * 3 + [(final_channels, 2 * final_channels)] * 4
+    x = data(IMAGE)
+    losses = train(model, x, steps=10)
+    assert all(math.isfinite(v) for v in losses) and min(losses[-3:]) < losses[0]
+    with torch.no_grad():
+        z, ladj = model.inverse_and_ladj(x)
+        back, fwd = model.transform_and_ladj(z)
+    assert z.shape == x.shape and torch.allclose(back, x, atol=1e-5) and torch.allclose(ladj, -fwd, atol=1e-3)
+    s = model.sample(4, seed=0)
+    assert s.shape == (4, *IMAGE) and torch.isfinite(s).all()
+
+
+def test_realnvp_image_log_determinant_is_the_jacobians():
+    torch.manual_seed(1)
+    model = fam.RealNVP(event_shape=(2, 4, 4), checkerboard=2, channel=2, final=2).double()
+    model.initialize(torch.rand(16, 2, 4, 4, dtype=torch.float64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(1, 2, 4, 4, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: model.inverse(v.reshape(1, 2, 4, 4)).reshape(32),
+                                             x.reshape(32))
+    assert torch.allclose(model.inverse_and_ladj(x)[1], torch.logdet(jac), atol=1e-8)
+
+
+def test_realnvp_image_errors():
+    def wrong(c_in, c_out):
+        return nn.Conv2d(c_in, c_out + 1, 3, padding=1)
+
+    model = fam.RealNVP(event_shape=IMAGE, conditioner=wrong)
+    with pytest.raises(ValueError, match=r"`conditioner` returned shape \(4, 3, 8, 8\); expected \(4, 2, 8, 8\)"):
+        model.loss(data(IMAGE, 4))
+    with pytest.raises(ValueError, match="divisible by 2 \\*\\* \\(levels - 1\\) = 4"):
+        fam.RealNVP(event_shape=(1, 6, 6), levels=3)
+    with pytest.raises(TypeError, match="`conditioner` must be a factory"):
+        fam.RealNVP(event_shape=IMAGE, conditioner=3)
+    with pytest.raises(ValueError, match=r"must have shape \(batch, 1, 8, 8\)"):
+        fam.RealNVP(event_shape=IMAGE).log_prob(torch.rand(3, 8, 8))

@@ -69,7 +69,8 @@ class Diffusion(ODEFamily):
         schedule, beta_min, beta_max, t_min: the VP schedule (``"linear"`` or
             ``"cosine"``) and its data end ``t_min``.
         rho: spacing of the solver's noise levels (EDM's 7).
-        ode_steps, ode_method: the probability-flow ODE solver for ``transform``/``sample``.
+        ode_steps, ode_method: the probability-flow ODE solver for ``transform``/``sample`` (``ode_steps``
+            default: 32, 16 for image shapes).
         sde_steps, langevin_steps, langevin_step: the other samplers (``langevin_steps`` Langevin steps per
             noise level, over the ``ode_steps + 1`` levels of the ODE grid, each of size ``langevin_step * sigma^2``).
         log_prob_steps, divergence, n_probes: the likelihood ODE (RK4).
@@ -87,22 +88,25 @@ class Diffusion(ODEFamily):
     fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 5e-3, "warmup": 200, "lr_final": 0.01}
     #: fit's defaults for image shapes (the UNet)
     image_fit_defaults = {"steps": 20_000, "batch_size": 128, "lr": 2e-3, "warmup": 100, "lr_final": 0.02,
-                          "ema": 0.999}
+                          "ema": 0.99}
 
     def __init__(self, dim: int | None = None, *, event_shape=None, parameterization: str = "edm", net=None,
                  hidden=(128, 128, 128), activation: str = "relu", x_frequencies: int = 4,
                  unet_channels=(32, 64), sigma_min: float = 0.002, sigma_max: float = 80.0,
                  P_mean: float = -0.5, P_std: float = 1.5, sigma_data: float | None = None,
                  schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3,
-                 rho: float = 7.0, ode_steps: int = 32, ode_method: str = "heun", sde_steps: int = 256,
+                 rho: float = 7.0, ode_steps: int | None = None, ode_method: str = "heun", sde_steps: int = 256,
                  langevin_steps: int = 20, langevin_step: float = 0.1, log_prob_steps: int = 64,
                  divergence: str = "auto", n_probes: int = 1, base=None, context_dim: int = 0,
                  context_shape=None, num_classes: int = 0, context_dropout: float = 0.0):
-        super().__init__(dim, event_shape=event_shape, ode_steps=ode_steps, ode_method=ode_method,
+        super().__init__(dim, event_shape=event_shape, ode_steps=1 if ode_steps is None else ode_steps,
+                         ode_method=ode_method,
                          log_prob_steps=log_prob_steps, divergence=divergence, n_probes=n_probes, base=base,
                          context_dim=context_dim, context_shape=context_shape, num_classes=num_classes,
                          context_dropout=context_dropout)
         name = type(self).__name__
+        if ode_steps is None:
+            self.ode_steps = 16 if is_image(self.event_shape) else 32
         if is_image(self.event_shape):
             self.fit_defaults = dict(self.image_fit_defaults)
         if parameterization not in PARAMETERIZATIONS:

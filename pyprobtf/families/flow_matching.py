@@ -45,7 +45,7 @@ class FlowMatching(ODEFamily):
         sinkhorn_reg: Sinkhorn's regularisation as a share of the mean cost.
         sigma_min: width of the conditional path at the data end.
         ode_steps, ode_method: the solver for ``transform``/``inverse``/``sample`` (``ode_steps`` default:
-            32, 16 for image shapes).
+            32, 8 for image shapes).
         log_prob_steps: RK4 steps for ``log_prob`` and the log-determinants.
         divergence: ``"auto"`` (exact for ``dim <= 16``), ``"exact"`` or ``"hutchinson"``.
         base, context_dim, context_shape, num_classes: see :class:`~pyprobtf.ProbabilityTransform`.
@@ -67,7 +67,7 @@ class FlowMatching(ODEFamily):
     fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 5e-3, "warmup": 200, "lr_final": 0.01}
     #: fit's defaults for image shapes (the UNet)
     image_fit_defaults = {"steps": 20_000, "batch_size": 128, "lr": 2e-3, "warmup": 100, "lr_final": 0.02,
-                          "ema": 0.999}
+                          "ema": 0.99}
 
     def __init__(self, dim: int | None = None, *, event_shape=None, net=None, hidden=(128, 128, 128),
                  activation: str = "relu", x_frequencies: int = 4, unet_channels=(32, 64),
@@ -82,7 +82,7 @@ class FlowMatching(ODEFamily):
                          num_classes=num_classes, context_dropout=context_dropout)
         name = type(self).__name__
         if ode_steps is None:
-            self.ode_steps = 16 if is_image(self.event_shape) else 32
+            self.ode_steps = 8 if is_image(self.event_shape) else 32
         if is_image(self.event_shape):
             self.fit_defaults = dict(self.image_fit_defaults)
         if ot not in OT_CHOICES:

@@ -144,7 +144,7 @@ class RealNVP(ProbabilityTransform):
                     "lr_final": 0.01}
 
     #: fit's defaults for image shapes
-    image_fit_defaults = {"steps": 20_000, "batch_size": 128, "lr": 1e-3, "warmup": 100, "grad_clip": 10.0,
+    image_fit_defaults = {"steps": 20_000, "batch_size": 64, "lr": 1e-3, "warmup": 100, "grad_clip": 10.0,
                           "lr_final": 0.02}
 
     def __init__(self, dim: int | None = None, *, event_shape=None, layers: int = 10, hidden=(128, 128),
@@ -288,7 +288,7 @@ class RealNVP(ProbabilityTransform):
 
 # ---------------------------------------------------------------------- images: Dinh et al.'s multi-scale flow
 
-def conv_conditioner(hidden: int = 64):
+def conv_conditioner(hidden: int = 32):
     """The default ``conditioner`` factory of image RealNVP: ``(in_channels, out_channels) -> conv3x3 -> SiLU ->
     conv1x1 -> SiLU -> conv3x3``, the last conv starting at zero (each coupling starts as the identity)."""
 
