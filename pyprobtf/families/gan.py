@@ -98,7 +98,7 @@ def image_or_vector_options(owner, event_shape, nets_given: bool, hidden, activa
         if nets_given and channels is not None:
             raise ValueError(f"{owner}: `channels` configures the default networks; it cannot be given with your "
                              f"own networks")
-        return None, None, (32, 64) if channels is None else channels
+        return None, None, (16, 32) if channels is None else channels
     if channels is not None:
         raise ValueError(f"{owner}: `channels` configures the image default networks; vectors take `hidden`")
     hidden, activation = vector_options(owner, nets_given, hidden, activation, hidden_default)

@@ -81,7 +81,7 @@ def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder,
                 raise ValueError(f"{owner}: `{name}` configures the vector default (an MLP); image defaults take "
                                  f"`channels`")
         latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, IMAGE_LATENT)
-        channels = (32, 64) if channels is None else channels
+        channels = (16, 32) if channels is None else channels
         return (latent, ConvEncoder(event_shape, latent, channels=channels, heads=heads),
                 ConvDecoder(latent, event_shape, channels=channels), True)
     if channels is not None:

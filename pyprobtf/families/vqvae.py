@@ -57,7 +57,7 @@ class SlotMLP(MLP):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.codes_in:
-            return super().forward(x.transpose(1, 2).reshape(x.shape[0], -1))
+            return super().forward(x.transpose(1, 2).reshape(x.shape[0], self.slots * self.code_dim))
         return super().forward(x.flatten(1)).reshape(x.shape[0], self.slots, self.code_dim).transpose(1, 2)
 
 

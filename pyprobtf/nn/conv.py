@@ -3,17 +3,18 @@
 :class:`ConvEncoder` maps images ``(B, C, H, W)`` to a latent of shape ``latent_shape``
 (a vector ``(k,)`` or a channel-first map ``(c, h, w)``); :class:`ConvDecoder` maps
 such a latent back to images. Both have ``len(channels)`` levels: level ``i`` runs
-at resolution ``H / 2^i`` with ``channels[i]`` channels (the decoder's in the
-reverse order), so ``H`` and ``W`` must be divisible by ``2^(len(channels) - 1)``;
+at resolution ``H / 2^i`` with ``channels[i]`` channels (a 3x3 convolution at
+full resolution, then a strided 4x4 convolution per level; the decoder mirrors
+it with transposed convolutions), so ``H`` and ``W`` must be divisible by ``2^(len(channels) - 1)``;
 a map latent has the last level's resolution.
 
 Example:
     >>> import torch
-    >>> enc = ConvEncoder((1, 8, 8), (16,), channels=(32, 64), heads=2)   # a VAE's (mean, log_std)
+    >>> enc = ConvEncoder((1, 8, 8), (16,), channels=(16, 32), heads=2)   # a VAE's (mean, log_std)
     >>> mean, log_std = enc(torch.zeros(5, 1, 8, 8))
     >>> mean.shape
     torch.Size([5, 16])
-    >>> dec = ConvDecoder((16,), (1, 8, 8), channels=(32, 64))
+    >>> dec = ConvDecoder((16,), (1, 8, 8), channels=(16, 32))
     >>> dec(mean).shape
     torch.Size([5, 1, 8, 8])
     >>> ConvEncoder((1, 8, 8), (4, 4, 4))(torch.zeros(2, 1, 8, 8)).shape    # a channel-first code map
@@ -73,7 +74,7 @@ class ConvEncoder(nn.Module):
         activation: ``"silu"``, ``"relu"``, ``"gelu"``, ``"leaky_relu"`` (slope 0.2) or ``"elu"``.
     """
 
-    def __init__(self, event_shape, latent_shape, *, channels=(32, 64), heads: int = 1, activation: str = "silu"):
+    def __init__(self, event_shape, latent_shape, *, channels=(16, 32), heads: int = 1, activation: str = "silu"):
         super().__init__()
         image_shape, self.latent_shape, channels, low = _check_layout("ConvEncoder", event_shape, latent_shape,
                                                                      channels, activation)
@@ -83,8 +84,7 @@ class ConvEncoder(nn.Module):
         act = ACTIVATIONS[activation]
         layers: list[nn.Module] = [nn.Conv2d(image_shape[0], channels[0], 3, padding=1), act()]
         for c_in, c_out in zip(channels[:-1], channels[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), act(),
-                       nn.Conv2d(c_out, c_out, 3, padding=1), act()]
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), act()]
         self.body = nn.Sequential(*layers)
         if len(self.latent_shape) == 1:
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * math.prod(low),
@@ -112,7 +112,7 @@ class ConvDecoder(nn.Module):
     The output is unbounded (no squashing): the families work on standardised pixels.
     """
 
-    def __init__(self, latent_shape, event_shape, *, channels=(32, 64), activation: str = "silu"):
+    def __init__(self, latent_shape, event_shape, *, channels=(16, 32), activation: str = "silu"):
         super().__init__()
         image_shape, self.latent_shape, channels, low = _check_layout("ConvDecoder", event_shape, latent_shape,
                                                                      channels, activation)
@@ -125,8 +125,7 @@ class ConvDecoder(nn.Module):
             self.stem = nn.Sequential(nn.Conv2d(self.latent_shape[0], channels[0], 3, padding=1), act())
         layers: list[nn.Module] = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act(),
-                       nn.Conv2d(c_out, c_out, 3, padding=1), act()]
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]
         layers.append(nn.Conv2d(channels[-1], image_shape[0], 3, padding=1))
         self.body = nn.Sequential(*layers)
 
