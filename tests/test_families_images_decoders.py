@@ -306,7 +306,8 @@ def test_a_network_with_the_wrong_output_shape_is_named_at_the_first_call():
     critic.forward = lambda x, k: critic.trunk(x)[:, :3]  # (B, 3) logits instead of (B,)
     flow = DiscriminatorFlow(event_shape=shape, discriminator=critic, steps=2, particles=4)
     flow.initialize(_data(shape))
-    with pytest.raises(ValueError, match=r"DiscriminatorFlow: `discriminator` returned shape \(8, 3\); expected \(8,\)"):
+    with pytest.raises(ValueError, match=r"DiscriminatorFlow: `discriminator` returned shape \(4, 3\); expected "
+                                         r"\(4,\)"):  # at the first call: filling the pool of 4 particles
         flow.loss(_data(shape)[:8])
 
 
