@@ -31,7 +31,7 @@ from torch.func import functional_call
 from torch import nn
 
 from pyprobtf.families._latent import (LatentFamily, SplitMLP, check_choice, check_module, check_real,
-                                       default_latent_dim, event_shape_of, is_image,
+                                       default_latent_dim, default_channels, event_shape_of, is_image,
                                        resolve_latent_shape, sum_event, vector_options)
 from pyprobtf.families._nets import check_hidden
 from pyprobtf.transform import check_net_output
@@ -98,7 +98,7 @@ def image_or_vector_options(owner, event_shape, nets_given: bool, hidden, activa
         if nets_given and channels is not None:
             raise ValueError(f"{owner}: `channels` configures the default networks; it cannot be given with your "
                              f"own networks")
-        return None, None, (16, 32) if channels is None else channels
+        return None, None, default_channels(event_shape) if channels is None else channels
     if channels is not None:
         raise ValueError(f"{owner}: `channels` configures the image default networks; vectors take `hidden`")
     hidden, activation = vector_options(owner, nets_given, hidden, activation, hidden_default)

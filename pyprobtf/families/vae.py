@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from pyprobtf.families._latent import (LatentFamily, SplitMLP, check_choice, check_int, check_module, check_real,
-                                       default_latent_dim, event_shape_of, is_image, probe_shape,
+                                       default_latent_dim, default_channels, event_shape_of, is_image, probe_shape,
                                        resolve_latent_shape, sum_event, vector_options)
 from pyprobtf.transform import _check_count, check_net_output, seeded
 
@@ -81,7 +81,7 @@ def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder,
                 raise ValueError(f"{owner}: `{name}` configures the vector default (an MLP); image defaults take "
                                  f"`channels`")
         latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, IMAGE_LATENT)
-        channels = (16, 32) if channels is None else channels
+        channels = default_channels(event_shape) if channels is None else channels
         return (latent, ConvEncoder(event_shape, latent, channels=channels, heads=heads),
                 ConvDecoder(latent, event_shape, channels=channels), True)
     if channels is not None:

@@ -81,7 +81,8 @@ class VQVAE(LatentFamily):
         code_dim: size of each code vector (default 4; with your networks it is read off the encoder).
         num_codes: codebook size.
         hidden, activation: the default vector encoder MLP's hidden widths (the decoder's are reversed).
-        channels: the default image networks' channels per level (codes at ``H / 2^(len(channels) - 1)``).
+        channels: the default image networks' channels per level (codes at ``H / 2^(len(channels) - 1)``;
+            default ``(16, 32)`` up to 16x16 images, ``(32, 64)`` above).
         beta: commitment weight; ema, decay, kmeans_init, dead_code_threshold: the quantizer's options
             (:class:`pyprobtf.nn.VectorQuantizer`).
         prior: ``"autoregressive"`` (a causal transformer over the ``slots`` indices, trained jointly)
@@ -120,6 +121,9 @@ class VQVAE(LatentFamily):
         if (encoder is None) != (decoder is None):
             raise ValueError(f"{name}: give both `encoder` and `decoder`, or neither (for the defaults)")
         given = encoder is not None
+        if channels is None and is_image(shape) and not given:
+            # Two levels: a code map at half the resolution (16 positions for 8x8 images), short for the prior.
+            channels = (16, 32) if max(shape[1:]) <= 16 else (32, 64)
         hidden, activation, channels = image_or_vector_options(name, shape, given, hidden, activation, channels,
                                                                (128, 128))
         if given:
