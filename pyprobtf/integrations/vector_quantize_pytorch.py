@@ -43,8 +43,8 @@ try:
     from vector_quantize_pytorch.vector_quantize_pytorch import ema_inplace, gumbel_sample
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "pyprobtf.integrations.vector_quantize_pytorch needs vector-quantize-pytorch: "
-        "pip install --no-deps vector-quantize-pytorch einops einx (or pyprobtf[vq])"
+        "pyprobtf.integrations.vector_quantize_pytorch needs vector-quantize-pytorch: pip install 'pyprobtf[vq]' "
+        "(install it after torch, with torch pinned, so that it does not pull another torch)"
     ) from exc
 
 from pyprobtf.ops import vq_nearest
