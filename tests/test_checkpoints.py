@@ -14,6 +14,16 @@ from pyprobtf import ProbabilityTransform, fit
 from pyprobtf.training import CheckpointError, load_checkpoint, save_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one thread: the networks here are small, and on a shared 2-core machine a second OpenMP thread
+    made these tests several times slower (oversubscription), not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Noisy(ProbabilityTransform):
     """x = z + b on 2-D vectors; its loss adds training noise from torch's RNG (as diffusion losses do),
     and counts its calls (a refused run must not reach the first step)."""

@@ -21,6 +21,16 @@ from pyprobtf.training import load_checkpoint, step_seed
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one thread: the networks here are small, and on a shared 2-core machine a second OpenMP thread
+    made these tests several times slower (oversubscription), not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_realnvp():
     return RealNVP(dim=2, layers=4, hidden=(32, 32))
 
