@@ -72,9 +72,11 @@ def equal_states(a, b) -> bool:
 ])
 def test_every_option_is_checked_before_the_first_step(option, value, error):
     model = Noisy()
-    with pytest.raises(error, match=rf"fit: `{option}` must be .*; got .*{re.escape(str(value)[:8])}"):
+    with pytest.raises(error, match=rf"fit: `{option}` must be .*; got ") as raised:
         fit(model, data(), **{**RUN, option: value})
     assert model.calls == 0
+    got = str(raised.value).split("; got ")[-1]
+    assert (type(value).__name__ if error is TypeError else str(value)[:8]) in got
 
 
 def test_grad_clip_keeps_training_downhill():
@@ -95,7 +97,7 @@ def test_one_seed_domain():
 
     assert equal_states(weights(-1), weights(2**64 - 1))  # taken modulo 2**64
     assert not equal_states(weights(0), weights(2**63))
-    with pytest.raises(ValueError, match=r"`seed` must be an int in \[-2\*\*63, 2\*\*64\); got 18446744073709551616"):
+    with pytest.raises(ValueError, match=r"`seed` must be an int in \[-2\^63, 2\^64\); got 18446744073709551616"):
         fit(Noisy(), data(), **{**RUN, "seed": 2**64})  # not silently seed 0
 
 
