@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from torch.utils.data._utils.collate import default_collate
 
 from pyprobtf._progress import ProgressBar
+from pyprobtf.seeds import check_seed
 from pyprobtf.transform import ProbabilityTransform
 
 CHECKPOINT_FORMAT = "pyprobtf.fit/2"
@@ -85,16 +86,6 @@ def resolve_device(device=None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"fit: `device` is {device} but torch sees no CUDA device")
     return device
-
-
-def _check_seed(seed, where: str, name: str = "seed") -> int:
-    """``seed`` (a Python int in [-2^63, 2^64)) reduced modulo 2^64; the one seed domain of pyprobtf."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{where}: `{name}` must be an int; got {type(seed).__name__} {seed!r}")
-    seed = int(seed)
-    if not -(1 << 63) <= seed < (1 << 64):
-        raise ValueError(f"{where}: `{name}` must be an int in [-2**63, 2**64); got {seed}")
-    return seed & _MASK64
 
 
 def _splitmix64(x: int) -> int:
@@ -646,7 +637,7 @@ def fit(
             come, an ``IterableDataset`` is batched by it) and peak learning
             rate; ``None`` takes the family's ``fit_defaults``.
         device: ``None`` (CUDA when available, else CPU), or a device.
-        seed: an int in [-2**63, 2**64), taken modulo 2**64; seeds the batches
+        seed: an int in [-2**63, 2**64), taken modulo 2**64 (:mod:`pyprobtf.seeds`); seeds the batches
             and the training noise (torch's global RNG is left as it was).
         max_seconds: a training-time budget: training stops cleanly after the
             step during which it ran out (and saves its checkpoint); the
@@ -722,7 +713,7 @@ def fit(
     opts = _check_options(opts)
     steps, batch_size = opts["steps"], opts["batch_size"]
     max_seconds = _check_real("max_seconds", max_seconds, "a positive number", lambda v: v > 0, none=True)
-    seed = _check_seed(seed, "fit")
+    seed = check_seed(seed, "fit")
     if not isinstance(progress, bool):
         raise TypeError(f"fit: `progress` must be a bool; got {type(progress).__name__} {progress!r}")
     if not (resume is True or resume is False or resume == "force"):

@@ -13,6 +13,16 @@ from pyprobtf import ProbabilityTransform, fit
 from pyprobtf.training import load_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one thread: the networks here are small, and on a shared 2-core machine a second OpenMP thread
+    made these tests several times slower (oversubscription), not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Affine(ProbabilityTransform):
     """x = z * exp(s) + b elementwise on any event shape: a deterministic loss (exact NLL), no init, no noise."""
 
