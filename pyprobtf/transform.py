@@ -3,8 +3,13 @@
 Every generative family in :mod:`pyprobtf.families` is a
 :class:`ProbabilityTransform`, an :class:`torch.nn.Module` with
 
-- ``base``: a :class:`torch.distributions.Distribution` over ``z`` (event shape
-  ``(dim,)``; a standard normal unless another base was given);
+- ``event_shape``: the shape of one sample, a tuple: ``(d,)`` for vectors,
+  ``(C, H, W)`` for images, ``(L,)`` for token sequences (``dim=d`` is shorthand
+  for ``(d,)``; ``dim`` is always the number of elements of one sample); every
+  method takes and returns ``(B, *event_shape)`` tensors and ``log_prob`` sums
+  over the event;
+- ``base``: a :class:`torch.distributions.Distribution` over ``z`` (a standard
+  normal over ``event_shape`` unless another base was given);
 - ``transform(z, **cond) -> x``: ``F`` itself (also ``model(z)``);
 - ``sample(n, *, seed=None, **cond) -> x``: ``F`` applied to ``n`` draws of the
   base (without gradients; ``rsample`` keeps them);
@@ -22,8 +27,11 @@ and, where the family allows (listed in ``capabilities``):
 - ``log_prob(x)``: ``log p(x)`` in nats, shape ``(B,)`` (``"log_prob"``).
 
 Conditioning: a family built with ``context_dim=k > 0`` takes ``context=`` (a
-``(B, k)`` tensor, or ``(k,)`` shared by all rows) in every method above, and
-its ``loss`` takes ``(x, context)`` batches.
+``(B, k)`` tensor, or ``(k,)`` shared by all rows), one built with
+``context_shape=S`` a floating ``(B, *S)`` tensor (or ``S`` shared), and one
+built with ``num_classes=n`` integer class labels (a ``(B,)`` integer tensor or
+one Python int for every row), in every method above; its ``loss`` takes
+``(x, context)`` batches.
 
 Composition: :class:`Chain` runs transforms one after another, and any
 family's ``base`` can itself be another ProbabilityTransform (a learned prior):
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import numbers
 from collections.abc import Iterator
 
@@ -52,12 +61,15 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
+from pyprobtf.seeds import check_seed
+
 CAPABILITIES = ("inverse", "ladj", "log_prob")
 
 
 @dataclasses.dataclass
 class Trajectory:
-    """The states of ``F`` from ``z`` (first) to ``x = F(z)`` (last), each ``(B, dim)``, with a label each.
+    """The states of ``F`` from ``z`` (first) to ``x = F(z)`` (last), each ``(B, *event_shape)`` (``z`` may have
+    its own latent shape), with a label each.
 
     Labels say what a state is: ``"z"``, ``"layer 3"``, ``"t=0.250"``, ``"sigma=1.2"``, ``"x"``.
     """
@@ -76,22 +88,23 @@ class Trajectory:
         return iter(zip(self.labels, self.states))
 
     def stack(self) -> torch.Tensor:
-        """The states as one ``(T, B, dim)`` tensor."""
+        """The states as one ``(T, B, *event_shape)`` tensor (all states must share a shape)."""
         return torch.stack(self.states)
 
 
 @contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device | str = "cpu"):
-    """Run the block with torch's global RNG seeded by ``seed`` and restored afterwards (nothing when None)."""
+def seeded(seed: int | None, device: torch.device | str = "cpu", where: str = "sample"):
+    """Run the block with torch's global RNG seeded by ``seed`` and restored afterwards (nothing when None).
+
+    ``seed``: an int in ``[-2^63, 2^64)``, taken modulo ``2^64`` (see :mod:`pyprobtf.seeds`)."""
     if seed is None:
         yield
         return
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"`seed` must be an int or None; got {type(seed).__name__}")
+    seed = check_seed(seed, where)
     device = torch.device(device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
+        torch.manual_seed(seed)
         yield
 
 
@@ -107,12 +120,13 @@ class FlatDistribution(Distribution):
     arg_constraints: dict = {}
     support = constraints.real_vector
 
-    def __init__(self, dim: int, dtype=torch.float32, device="cpu"):
+    def __init__(self, dim, dtype=torch.float32, device="cpu"):
         self._dtype, self._device = dtype, torch.device(device)
-        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([dim]), validate_args=False)
+        shape = torch.Size([dim]) if isinstance(dim, numbers.Integral) else torch.Size(dim)
+        super().__init__(batch_shape=torch.Size(), event_shape=shape, validate_args=False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return value.new_zeros(value.shape[:-1])
+        return value.new_zeros(value.shape[:value.dim() - len(self.event_shape)])
 
 
 class TransformDistribution(Distribution):
@@ -129,21 +143,22 @@ class TransformDistribution(Distribution):
 
     def __init__(self, model: ProbabilityTransform, **cond):
         self.model, self.cond = model, cond
-        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([model.dim]), validate_args=False)
+        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size(model.event_shape), validate_args=False)
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = torch.Size(sample_shape)
         n = shape.numel()
         z = self.model.base.rsample((n,))
-        return self.model.transform(z, **self.cond).reshape(*shape, self.model.dim)
+        return self.model.transform(z, **self.cond).reshape(*shape, *self.model.event_shape)
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        batch = value.shape[:-1]
-        return self.model.log_prob(value.reshape(-1, self.model.dim), **self.cond).reshape(batch)
+        event = self.model.event_shape
+        batch = value.shape[:value.dim() - len(event)]
+        return self.model.log_prob(value.reshape(-1, *event), **self.cond).reshape(batch)
 
 
 class ProbabilityTransform(nn.Module):
@@ -155,12 +170,15 @@ class ProbabilityTransform(nn.Module):
     :func:`pyprobtf.fit` in ``fit_defaults``.
 
     Args:
-        dim: size of a data vector (and of ``z``).
-        base: ``None`` (standard normal on R^dim), a ``torch.distributions``
-            distribution with event shape ``(dim,)``, or another
-            ProbabilityTransform of the same ``dim`` (a learned prior; it
-            becomes a submodule).
-        context_dim: size of the conditioning vector ``context`` (0: unconditional).
+        dim: the number of elements of one sample; shorthand for ``event_shape=(dim,)``.
+        event_shape: the shape of one sample (give ``dim`` or ``event_shape``).
+        base: ``None`` (standard normal over ``event_shape``), a ``torch.distributions``
+            distribution with that event shape, or another ProbabilityTransform of the
+            same ``event_shape`` (a learned prior; it becomes a submodule).
+        context_dim: size of a conditioning vector ``context`` (0: unconditional).
+        context_shape: the shape of a floating conditioning tensor per sample (an
+            embedding, a low-resolution image, ...), instead of ``context_dim``.
+        num_classes: condition on integer class labels in ``[0, num_classes)``.
     """
 
     #: what the family supports beyond transform/sample/loss: a subset of CAPABILITIES
@@ -168,35 +186,40 @@ class ProbabilityTransform(nn.Module):
     #: what pyprobtf.fit uses when steps/batch_size/lr/... are not given
     fit_defaults: dict = {"steps": 2000, "batch_size": 256, "lr": 1e-3}
 
-    def __init__(self, dim: int, *, base=None, context_dim: int = 0):
+    def __init__(self, dim: int | None = None, *, event_shape=None, base=None, context_dim: int = 0,
+                 context_shape=None, num_classes: int = 0):
         super().__init__()
         name = type(self).__name__
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
-            raise ValueError(f"{name}: `dim` must be a positive int; got {dim!r}")
-        if isinstance(context_dim, bool) or not isinstance(context_dim, numbers.Integral) or context_dim < 0:
-            raise ValueError(f"{name}: `context_dim` must be a non-negative int; got {context_dim!r}")
-        self.dim, self.context_dim = int(dim), int(context_dim)
+        self.event_shape = resolve_event_shape(name, dim, event_shape)
+        self.dim = math.prod(self.event_shape)
+        self.context_dim, self.context_shape, self.num_classes = resolve_context(
+            name, context_dim, context_shape, num_classes)
         self.prior: ProbabilityTransform | None = None
         self._fixed_base: Distribution | None = None
         if base is None:
             # Buffers, so the base follows the module across .to(device) and .double().
-            self.register_buffer("_base_loc", torch.zeros(self.dim), persistent=False)
-            self.register_buffer("_base_scale", torch.ones(self.dim), persistent=False)
+            self.register_buffer("_base_loc", torch.zeros(self.event_shape), persistent=False)
+            self.register_buffer("_base_scale", torch.ones(self.event_shape), persistent=False)
         elif isinstance(base, ProbabilityTransform):
-            if base.dim != self.dim:
-                raise ValueError(f"{name}: `base` must have dim={self.dim}; got a {type(base).__name__} "
-                                 f"with dim={base.dim}")
+            if base.event_shape != self.event_shape:
+                raise ValueError(f"{name}: `base` must have event_shape={self.event_shape}; got a "
+                                 f"{type(base).__name__} with event_shape={base.event_shape}")
             self.prior = base
         elif isinstance(base, Distribution):
-            if tuple(base.event_shape) != (self.dim,) or tuple(base.batch_shape) != ():
-                raise ValueError(f"{name}: `base` must have event shape ({self.dim},) and batch shape (); got "
-                                 f"event shape {tuple(base.event_shape)}, batch shape {tuple(base.batch_shape)}")
+            if tuple(base.event_shape) != self.event_shape or tuple(base.batch_shape) != ():
+                raise ValueError(f"{name}: `base` must have event shape {self.event_shape} and batch shape (); "
+                                 f"got event shape {tuple(base.event_shape)}, batch shape {tuple(base.batch_shape)}")
             self._fixed_base = base
         else:
             raise TypeError(f"{name}: `base` must be None, a torch Distribution or a ProbabilityTransform; "
                             f"got {type(base).__name__}")
 
     # ------------------------------------------------------------------ the base and helpers
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes a ``context``."""
+        return bool(self.context_dim or self.context_shape or self.num_classes)
 
     @property
     def base(self) -> Distribution:
@@ -207,7 +230,8 @@ class ProbabilityTransform(nn.Module):
             return self._fixed_base
         # No argument validation: it costs time at every call, and NaN must propagate to fit's
         # own check (which names the step) rather than fail inside torch.distributions.
-        return Independent(Normal(self._base_loc, self._base_scale, validate_args=False), 1, validate_args=False)
+        return Independent(Normal(self._base_loc, self._base_scale, validate_args=False), self._base_loc.dim(),
+                           validate_args=False)
 
     @property
     def device(self) -> torch.device:
@@ -220,46 +244,54 @@ class ProbabilityTransform(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         for t in self.parameters():
-            return t.dtype
+            if t.is_floating_point():
+                return t.dtype
         for t in self.buffers():
-            return t.dtype
+            if t.is_floating_point():
+                return t.dtype
         return torch.get_default_dtype()
 
     def _name(self, method: str) -> str:
         return f"{type(self).__name__}.{method}"
 
     def check_x(self, x, method: str, name: str = "x") -> torch.Tensor:
-        """``x`` as a ``(B, dim)`` floating tensor; a clear error otherwise."""
-        where = self._name(method)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{where}: `{name}` must be a torch.Tensor; got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{where}: `{name}` must be a floating-point tensor; got {x.dtype}")
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"{where}: `{name}` must have shape (batch, {self.dim}) for dim={self.dim}; "
-                             f"got {tuple(x.shape)}")
-        return x
+        """``x`` as a ``(B, *event_shape)`` floating tensor; a clear error otherwise."""
+        return check_sample(self._name(method), name, x, self.event_shape, "event_shape")
 
     def check_context(self, context, batch: int, method: str, *, like: torch.Tensor | None = None):
-        """``context`` as a ``(batch, context_dim)`` tensor (or None for unconditional families)."""
+        """``context`` as a ``(batch, *context_shape)`` floating tensor, or ``(batch,)`` int64 class labels
+        (``num_classes``), or None for unconditional families; a clear error otherwise."""
         where = self._name(method)
-        if self.context_dim == 0:
+        if not self.conditional:
             if context is not None:
-                raise ValueError(f"{where}: this model is unconditional (context_dim=0) but `context` was given")
+                raise ValueError(f"{where}: this model is unconditional (no context_dim, context_shape or "
+                                 f"num_classes) but `context` was given")
             return None
+        if self.num_classes:
+            return _check_labels(where, context, batch, self.num_classes, like)
+        shape = self.context_shape
+        spec = f"context_dim={self.context_dim}" if self.context_dim else f"context_shape={shape}"
         if context is None:
-            raise ValueError(f"{where}: `context` (shape (batch, {self.context_dim})) is required: the model "
-                             f"was built with context_dim={self.context_dim}")
+            raise ValueError(f"{where}: `context` (shape (batch, {', '.join(map(str, shape))})) is required: the "
+                             f"model was built with {spec}")
         if not isinstance(context, torch.Tensor):
             raise TypeError(f"{where}: `context` must be a torch.Tensor; got {type(context).__name__}")
-        if context.dim() == 1:
-            context = context.expand(batch, -1)
-        if context.dim() != 2 or context.shape[1] != self.context_dim or context.shape[0] != batch:
-            raise ValueError(f"{where}: `context` must have shape ({batch}, {self.context_dim}) or "
-                             f"({self.context_dim},); got {tuple(context.shape)}")
+        if not (context.is_floating_point() or context.dtype in _INT_DTYPES):
+            raise TypeError(f"{where}: `context` must be a real tensor ({spec}); got {context.dtype}")
+        if tuple(context.shape) == shape:
+            context = context.expand(batch, *shape)
+        if tuple(context.shape) != (batch, *shape):
+            raise ValueError(f"{where}: `context` must have shape {(batch, *shape)} or {shape} for {spec}; got "
+                             f"{tuple(context.shape)}")
         if like is not None:
             context = context.to(dtype=like.dtype, device=like.device)
+        elif not context.is_floating_point():
+            context = context.to(self.dtype)
         return context
+
+    def cond_kwargs(self, context) -> dict:
+        """``{"context": context}``, or ``{}`` for None: what to pass on to methods taking ``**cond``."""
+        return {} if context is None else {"context": context}
 
     def split_batch(self, batch, method: str = "loss") -> tuple[torch.Tensor, torch.Tensor | None]:
         """A training batch (``x``, or ``(x, context)`` for conditional models) as ``(x, context)``."""
@@ -268,6 +300,9 @@ class ProbabilityTransform(nn.Module):
                 raise ValueError(f"{self._name(method)}: a batch is `x` or `(x, context)`; got a sequence of "
                                  f"{len(batch)} items")
             x, context = batch
+            if not self.conditional:
+                # (x, label) pairs from a labelled dataset train an unconditional model on x alone.
+                context = None
         else:
             x, context = batch, None
         x = self.check_x(x, method)
@@ -315,7 +350,7 @@ class ProbabilityTransform(nn.Module):
     def sample(self, n: int, *, seed: int | None = None, **cond) -> torch.Tensor:
         """``n`` samples ``F(z)``, ``z ~ base``, without gradients; the same ``seed`` gives the same samples."""
         n = _check_count(n, self._name("sample"))
-        with torch.no_grad(), seeded(seed, self.device):
+        with torch.no_grad(), seeded(seed, self.device, self._name("sample")):
             return self.transform(self.base.sample((n,)), **cond)
 
     def trajectory(self, z: torch.Tensor, **cond) -> Trajectory:
@@ -334,6 +369,92 @@ class ProbabilityTransform(nn.Module):
     def as_distribution(self, **cond) -> TransformDistribution:
         """This model as a :class:`torch.distributions.Distribution` (``cond`` is passed to every call)."""
         return TransformDistribution(self, **cond)
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def resolve_event_shape(owner: str, dim, event_shape) -> tuple[int, ...]:
+    """The event shape from ``dim`` (shorthand for ``(dim,)``) or ``event_shape``: a tuple of positive ints."""
+    if dim is not None and event_shape is not None:
+        shape = resolve_event_shape(owner, None, event_shape)
+        if dim != math.prod(shape):
+            raise ValueError(f"{owner}: `dim` ({dim!r}) must be the number of elements of `event_shape` "
+                             f"{shape}; give one of them")
+        return shape
+    if event_shape is None:
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
+            raise ValueError(f"{owner}: `dim` must be a positive int; got {dim!r}")
+        return (int(dim),)
+    if isinstance(event_shape, numbers.Integral) and not isinstance(event_shape, bool):
+        event_shape = (event_shape,)
+    if not isinstance(event_shape, (tuple, list, torch.Size)) or not event_shape or any(
+            isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in event_shape):
+        raise ValueError(f"{owner}: `event_shape` must be a non-empty tuple of positive ints, e.g. (2,) or "
+                         f"(1, 28, 28); got {event_shape!r}")
+    return tuple(int(d) for d in event_shape)
+
+
+def resolve_context(owner: str, context_dim, context_shape, num_classes) -> tuple[int, tuple[int, ...], int]:
+    """``(context_dim, context_shape, num_classes)`` checked; at most one kind of context."""
+    for name, value in (("context_dim", context_dim), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{owner}: `{name}` must be a non-negative int; got {value!r}")
+    if context_shape is not None:
+        context_shape = resolve_event_shape(owner, None, context_shape)
+    kinds = [k for k, v in (("context_dim", context_dim), ("context_shape", context_shape),
+                            ("num_classes", num_classes)) if v]
+    if len(kinds) > 1:
+        raise ValueError(f"{owner}: give one kind of context ({', '.join(kinds)} were given)")
+    if context_dim:
+        context_shape = (int(context_dim),)
+    return int(context_dim), tuple(context_shape or ()), int(num_classes)
+
+
+def check_sample(where: str, name: str, x, shape: tuple[int, ...], what: str = "event_shape") -> torch.Tensor:
+    """``x`` as a ``(B, *shape)`` floating tensor; the error names ``where``, ``name`` and both shapes."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where}: `{name}` must be a torch.Tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{where}: `{name}` must be a floating-point tensor; got {x.dtype}")
+    if x.dim() != 1 + len(shape) or tuple(x.shape[1:]) != tuple(shape):
+        want = "(batch, " + ", ".join(map(str, shape)) + ")"
+        raise ValueError(f"{where}: `{name}` must have shape {want} for {what}={tuple(shape)}; got "
+                         f"{tuple(x.shape)}")
+    return x
+
+
+def check_net_output(owner: str, net: str, out, expected: tuple[int, ...]) -> torch.Tensor:
+    """A user network's output checked against the shape the family needs: the error names the network,
+    the shape expected and the shape received (call it on every output; it costs a shape comparison)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{owner}: `{net}` must return a torch.Tensor; it returned {type(out).__name__}")
+    if tuple(out.shape) != tuple(expected):
+        raise ValueError(f"{owner}: `{net}` returned shape {tuple(out.shape)}; expected {tuple(expected)}")
+    return out
+
+
+def _check_labels(where: str, context, batch: int, num_classes: int, like) -> torch.Tensor:
+    if context is None:
+        raise ValueError(f"{where}: `context` (class labels in [0, {num_classes})) is required: the model was "
+                         f"built with num_classes={num_classes}")
+    if isinstance(context, numbers.Integral) and not isinstance(context, bool):
+        context = torch.tensor(int(context))
+    if not isinstance(context, torch.Tensor) or context.is_floating_point() or context.is_complex() \
+            or context.dtype == torch.bool:
+        got = context.dtype if isinstance(context, torch.Tensor) else type(context).__name__
+        raise TypeError(f"{where}: `context` must be integer class labels (an int or an integer tensor of shape "
+                        f"({batch},)) for num_classes={num_classes}; got {got}")
+    if context.dim() == 0:
+        context = context.expand(batch)
+    if tuple(context.shape) != (batch,):
+        raise ValueError(f"{where}: `context` (class labels) must have shape ({batch},); got "
+                         f"{tuple(context.shape)}")
+    if context.numel() and (int(context.min()) < 0 or int(context.max()) >= num_classes):
+        raise ValueError(f"{where}: `context` class labels must lie in [0, {num_classes}); got values in "
+                         f"[{int(context.min())}, {int(context.max())}]")
+    device = like.device if like is not None else context.device
+    return context.to(device=device, dtype=torch.int64)
 
 
 def _check_count(n, where: str) -> int:
@@ -364,13 +485,18 @@ class Chain(ProbabilityTransform):
         for i, t in enumerate(transforms):
             if not isinstance(t, ProbabilityTransform):
                 raise TypeError(f"Chain: argument {i} must be a ProbabilityTransform; got {type(t).__name__}")
-            if t.dim != transforms[0].dim:
-                raise ValueError(f"Chain: every transform must have dim={transforms[0].dim}; argument {i} has "
-                                 f"dim={t.dim}")
-            if t.context_dim != transforms[0].context_dim:
-                raise ValueError(f"Chain: every transform must have context_dim={transforms[0].context_dim}; "
-                                 f"argument {i} has context_dim={t.context_dim}")
-        super().__init__(transforms[0].dim, context_dim=transforms[0].context_dim)
+            first = transforms[0]
+            if t.event_shape != first.event_shape:
+                raise ValueError(f"Chain: every transform must have event_shape={first.event_shape}; argument {i} "
+                                 f"has event_shape={t.event_shape}")
+            if (t.context_shape, t.num_classes) != (first.context_shape, first.num_classes):
+                raise ValueError(f"Chain: every transform must take the same context as the first "
+                                 f"(context_shape={first.context_shape}, num_classes={first.num_classes}); "
+                                 f"argument {i} has context_shape={t.context_shape}, num_classes={t.num_classes}")
+        first = transforms[0]
+        super().__init__(event_shape=first.event_shape, context_dim=first.context_dim,
+                         context_shape=None if first.context_dim else (first.context_shape or None),
+                         num_classes=first.num_classes)
         self.steps = nn.ModuleList(transforms)
         caps = frozenset(CAPABILITIES)
         for t in transforms:

@@ -6,7 +6,8 @@ evaluates them on the same held-out data with the same metrics, and draws
 intermediate states of ``F`` (flow layers, ODE/SDE times, autoregressive
 steps) to the generated ``x``, every point coloured by where its ``z`` came
 from, so the eye can follow each point through ``F``. It also writes
-``results.json`` and returns a Markdown table. ``pyprobtf zoo`` is its command line.
+``results.json`` and returns a Markdown table. ``pyprobtf zoo`` is its command line. ``dataset="digits"`` runs the same on
+8x8 images (:mod:`pyprobtf.zoo_images`).
 
 Example:
     >>> from pyprobtf.zoo import run_zoo
@@ -95,8 +96,10 @@ class ZooReport:
 
 def check_arguments(dataset: str, families: Sequence[str] | None) -> list[str]:
     """Validate the dataset and family names; the error lists the choices."""
-    if dataset not in TOY_DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(TOY_DATASETS)}")
+    from pyprobtf.zoo_images import IMAGE_DATASETS
+
+    if dataset not in TOY_DATASETS + IMAGE_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(TOY_DATASETS + IMAGE_DATASETS)}")
     families = list(DEFAULT_FAMILIES if not families else families)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
@@ -152,6 +155,11 @@ def run_zoo(
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    from pyprobtf.zoo_images import IMAGE_DATASETS, run_image_zoo
+
+    if dataset in IMAGE_DATASETS:
+        return run_image_zoo(families, steps=steps, seconds=seconds, seed=seed, device=device, out=out,
+                             progress=progress)
 
     start = time.perf_counter()
     train = toy(dataset, n_train, seed=seed)

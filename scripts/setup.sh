@@ -6,8 +6,9 @@
 # packages. The build needs no torch (native code takes raw pointers), so the
 # package is then built without isolation from the tools installed here.
 #
-#   VENV=.venv EXTRAS=test,viz,digits bash scripts/setup.sh
-# (the defaults: the tests, the zoo's figure, the digits data set)
+#   VENV=.venv EXTRAS=test,viz,digits PEERS=1 bash scripts/setup.sh
+# (the defaults: the tests, the zoo's figure, the digits data set, and the peer
+# libraries that the integration tests compare against)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -22,4 +23,15 @@ pip install -q --upgrade pip
 pip install -q torch==2.13.0
 pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja
 pip install -q --no-build-isolation -e ".[${EXTRAS}]"
+if [ "${PEERS:-1}" = "1" ]; then
+  # The peers of pyprobtf.integrations, pinned to the torch above by a constraint so that none of
+  # them pulls another torch. k-diffusion, torchcfm and vector-quantize-pytorch pin or pull heavy
+  # training stacks (torchvision, wandb, ...) they do not need for what is compared here: they are
+  # installed without their requirements, next to the few they do use.
+  constraints=$(mktemp)
+  "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" >"$constraints"
+  pip install -q -c "$constraints" -r scripts/peers.txt
+  pip install -q -c "$constraints" --no-deps k-diffusion torchcfm vector-quantize-pytorch
+  rm -f "$constraints"
+fi
 "$VENV/bin/python" -c "import pyprobtf; print('pyprobtf', pyprobtf.__version__, 'backends:', pyprobtf.ops.available_backends())"

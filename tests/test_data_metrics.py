@@ -189,3 +189,22 @@ def test_ot_rejects_mismatched_batches():
         ot.sinkhorn_pairing(torch.zeros(3, 2), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="`reg` must be positive"):
         ot.sinkhorn_plan(torch.zeros(3, 3), reg=0)
+
+
+def test_digits_score_orders_real_blurred_and_noise():
+    from pyprobtf.data import digits
+    from pyprobtf.metrics import digits_classes, digits_score
+
+    real = digits("test")
+    noise = torch.rand(500, 64, generator=torch.Generator().manual_seed(0))
+    blurred = torch.nn.functional.avg_pool2d(real.reshape(-1, 1, 8, 8), 3, 1, 1, count_include_pad=False)
+    r, n, b = digits_score(real), digits_score(noise), digits_score(blurred)
+    assert 6.0 < r["score"] < 7.5 and r["coverage"] > 0.98
+    assert n["score"] < 2.2 and b["score"] < 2.6
+    assert n["mmd"] > b["mmd"] > r["mmd"]
+    assert abs(sum(r["classes"]) - 1) < 1e-9
+    # One class only: no coverage, score 1 at most.
+    ones = real[digits_classes(real) == 1]
+    assert digits_score(ones)["coverage"] < 0.45
+    with pytest.raises(ValueError, match="64 pixels"):
+        digits_score(torch.rand(4, 10))

@@ -126,7 +126,7 @@ def test_sample_is_reproducible_from_a_seed(models, name):
 def test_bad_input_is_refused_with_the_expected_shape(models, name):
     model = models[name]
     cls = type(model).__name__
-    with pytest.raises(ValueError, match=rf"{cls}\.log_prob: `x` must have shape \(batch, 2\) for dim=2; got \(4, 3\)"):
+    with pytest.raises(ValueError, match=rf"{cls}\.log_prob: `x` must have shape \(batch, 2\) for event_shape=\(2,\); got \(4, 3\)"):
         model.log_prob(torch.zeros(4, 3))
     with pytest.raises(ValueError, match=r"`z` must have shape \(batch, 2\)"):
         model.transform(torch.zeros(4))
@@ -153,7 +153,7 @@ def test_conditional_models_use_their_context(name):
     assert float(right[:, 0].mean() - left[:, 0].mean()) > (0.3 if name == "continuous_flow" else 3.0)
     with pytest.raises(ValueError, match="`context` .* is required"):
         model.sample(3)
-    with pytest.raises(ValueError, match=r"`context` must have shape \(3, 1\) or \(1,\); got \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"`context` must have shape \(3, 1\) or \(1,\) for context_dim=1; got \(3, 2\)"):
         model.log_prob(torch.zeros(3, 2), context=torch.zeros(3, 2))
 
 

@@ -86,7 +86,7 @@ def test_chain_composes_maps_log_determinants_and_trajectories():
     y, l2 = nvp.steps[1].inverse_and_ladj(x)
     z, l1 = nvp.steps[0].inverse_and_ladj(y)
     assert torch.allclose(nvp.log_prob(x), nvp.base.log_prob(z) + l1 + l2, atol=1e-5)
-    with pytest.raises(ValueError, match="every transform must have dim=2"):
+    with pytest.raises(ValueError, match=r"every transform must have event_shape=\(2,\)"):
         Chain(Affine(2), Affine(3))
 
 
@@ -116,7 +116,7 @@ def test_a_family_can_use_another_as_its_learned_prior():
     # The prior's parameters train with the flow (maximum likelihood reaches them).
     fit(model, toy("moons", 500), steps=2, batch_size=32, progress=False)
     assert any(p.grad is not None for p in prior.parameters())
-    with pytest.raises(ValueError, match="`base` must have dim=2"):
+    with pytest.raises(ValueError, match=r"`base` must have event_shape=\(2,\)"):
         RealNVP(dim=2, base=FlowMatching(dim=3))
     with pytest.raises(TypeError, match="`base` must be None, a torch Distribution or a ProbabilityTransform"):
         RealNVP(dim=2, base="normal")
