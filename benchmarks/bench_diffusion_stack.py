@@ -8,7 +8,7 @@ pyprobtf.integrations.k_diffusion's, at 4x64x64 latents, batch 1 and 16. The
 numbers are per step.
 
 Part 2, "end-to-end": the same loops with a small diffusers UNet2DModel (random
-weights) in them, batch 1 and 16: the wall-clock ratio a user gets, and the share
+weights, 4x32x32 latents) in them, batch 1 and 16: the wall-clock ratio a user gets, and the share
 of the time the network takes (the network alone, 25 calls, over the loop).
 
 Part 3, "odeint": torchdiffeq's odeint against pyprobtf.integrations.torchdiffeq
@@ -43,6 +43,12 @@ def _k_diffusion_sampling():
     import bench_solvers
 
     return bench_solvers._k_diffusion_sampling()
+
+
+def _emit(rows: list, row: dict) -> None:
+    """Keep a result row and show it at once (a long run reports as it goes)."""
+    rows.append(row)
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, file=sys.stderr, flush=True)
 
 
 def _sync(device):
@@ -99,7 +105,7 @@ def _unet(quick: bool, device: str):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    size = 8 if quick else 64
+    size = 8 if quick else 32
     channels = (8, 16) if quick else (32, 64)
     unet = UNet2DModel(sample_size=size, in_channels=4, out_channels=4, layers_per_block=1,
                        block_out_channels=channels, norm_num_groups=4 if quick else 8,
@@ -123,7 +129,7 @@ def run(device: str = "cpu", quick: bool = False):
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     steps = 3 if quick else 25
-    min_run_time = 0.01 if quick else 0.5
+    min_run_time = 0.01 if quick else 0.2
     batches = (1, 2) if quick else (1, 16)
     side = 8 if quick else 64
     rows, notes = [], []
@@ -140,7 +146,7 @@ def run(device: str = "cpu", quick: bool = False):
                 parent, fused, nfe = _schedulers(label)
                 peer_s = _common.measure(lambda: diffusers_loop(parent, identity, x, steps), min_run_time=min_run_time)
                 ours_s = _common.measure(lambda: diffusers_loop(fused, identity, x, steps), min_run_time=min_run_time)
-                rows.append({"part": "step", "library": "diffusers", "sampler": label, "batch": batch,
+                _emit(rows, {"part": "step", "library": "diffusers", "sampler": label, "batch": batch,
                              "peer ms/step": peer_s / steps * 1e3, "pyprobtf ms/step": ours_s / steps * 1e3,
                              "speedup": peer_s / ours_s})
             sigmas = kd.get_sigmas_karras(steps, 0.03, 14.6, device=device)
@@ -149,7 +155,7 @@ def run(device: str = "cpu", quick: bool = False):
                 peer, ours = getattr(kd, name), getattr(ours_kd, name)
                 peer_s = _common.measure(lambda: peer(identity, x_kd, sigmas, disable=True), min_run_time=min_run_time)
                 ours_s = _common.measure(lambda: ours(identity, x_kd, sigmas, disable=True), min_run_time=min_run_time)
-                rows.append({"part": "step", "library": "k-diffusion", "sampler": name, "batch": batch,
+                _emit(rows, {"part": "step", "library": "k-diffusion", "sampler": name, "batch": batch,
                              "peer ms/step": peer_s / steps * 1e3, "pyprobtf ms/step": ours_s / steps * 1e3,
                              "speedup": peer_s / ours_s})
 
@@ -173,7 +179,7 @@ def run(device: str = "cpu", quick: bool = False):
                                "ours": lambda: diffusers_loop(fused, unet_model, x, steps),
                                "model": lambda: [unet_model(x, t_model) for _ in range(steps * nfe)]},
                               repeats, device)
-                rows.append({"part": "end-to-end", "library": "diffusers", "sampler": label, "batch": batch,
+                _emit(rows, {"part": "end-to-end", "library": "diffusers", "sampler": label, "batch": batch,
                              "peer ms": got["peer"] * 1e3, "pyprobtf ms": got["ours"] * 1e3,
                              "speedup": got["peer"] / got["ours"], "model share": got["model"] / got["peer"]})
             sigmas = kd.get_sigmas_karras(steps, 0.03, 14.6, device=device)
@@ -185,7 +191,7 @@ def run(device: str = "cpu", quick: bool = False):
                                "model": lambda: [unet_denoiser(x_kd, sigmas[0] * x_kd.new_ones(batch))
                                                  for _ in range(steps)]},
                               repeats, device)
-                rows.append({"part": "end-to-end", "library": "k-diffusion", "sampler": name, "batch": batch,
+                _emit(rows, {"part": "end-to-end", "library": "k-diffusion", "sampler": name, "batch": batch,
                              "peer ms": got["peer"] * 1e3, "pyprobtf ms": got["ours"] * 1e3,
                              "speedup": got["peer"] / got["ours"], "model share": got["model"] / got["peer"]})
 
@@ -218,7 +224,7 @@ def run(device: str = "cpu", quick: bool = False):
                 ours_s = _common.measure(lambda: ours_tde.odeint(field, y0, t, rtol=tol[0], atol=tol[1],
                                                                  method=method, options=options),
                                          min_run_time=min_run_time)
-                rows.append({"part": "odeint", "library": "torchdiffeq", "sampler": f"{method} {dim}-d",
+                _emit(rows, {"part": "odeint", "library": "torchdiffeq", "sampler": f"{method} {dim}-d",
                              "batch": y0.shape[0], "peer ms": peer_s * 1e3, "pyprobtf ms": ours_s * 1e3,
                              "speedup": peer_s / ours_s, "peer NFE": calls["torchdiffeq"],
                              "pyprobtf NFE": calls["pyprobtf"]})
