@@ -123,7 +123,7 @@ def _schedulers(label):
     return parent, getattr(fused, "Fused" + cls).from_config(parent.config), nfe
 
 
-def run(device: str = "cpu", quick: bool = False):
+def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "odeint")):
     from pyprobtf.integrations import k_diffusion as ours_kd
     from pyprobtf.integrations import torchdiffeq as ours_tde
 
@@ -140,7 +140,7 @@ def run(device: str = "cpu", quick: bool = False):
 
     with torch.no_grad():
         # ---------------------------------------------------------------- part 1: step overhead
-        for batch in batches:
+        for batch in batches if "step" in parts else ():
             x = torch.randn(batch, 4, side, side, device=device)
             for label, *_ in (DIFFUSERS[:2] if quick else DIFFUSERS):
                 parent, fused, nfe = _schedulers(label)
@@ -170,7 +170,7 @@ def run(device: str = "cpu", quick: bool = False):
             return x - s * unet((x / (s * s + 1).sqrt()), sigma * 40.0).sample
 
         repeats = 1 if quick else 2
-        for batch in batches:
+        for batch in batches if "end-to-end" in parts else ():
             x = torch.randn(batch, 4, size, size, device=device)
             t_model = torch.full((batch,), 500.0, device=device)
             for label in E2E_DIFFUSERS[:1] if quick else E2E_DIFFUSERS:
@@ -198,7 +198,7 @@ def run(device: str = "cpu", quick: bool = False):
         # ---------------------------------------------------------------- part 3: torchdiffeq on a neural ODE
         import torchdiffeq
 
-        for dim in ((2,) if quick else (2, 64)):
+        for dim in ((2,) if quick else (2, 64)) if "odeint" in parts else ():
             torch.manual_seed(dim)
             hidden = 32 if quick else 128
             net = torch.nn.Sequential(torch.nn.Linear(dim + 1, hidden), torch.nn.Tanh(),
@@ -250,14 +250,19 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's); the results file is then "
                              f"{NAME}-threadsN-*")
+    parser.add_argument("--parts", default="step,end-to-end,odeint",
+                        help="comma-separated subset of step,end-to-end,odeint (the file name then names them)")
     args = parser.parse_args(argv)
+    parts = tuple(args.parts.split(","))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pinned = _common.pin_allocator()
-    rows, columns, notes = run(args.device, args.quick)
+    rows, columns, notes = run(args.device, args.quick, parts)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
     name = NAME if args.threads is None else f"{NAME}-threads{args.threads}"
+    if args.parts != parser.get_default("parts"):
+        name += "-" + "-".join(parts)
     _common.publish(name, args.device, rows, columns, notes, args.out)
     return 0
 
