@@ -123,14 +123,14 @@ def _schedulers(label):
     return parent, getattr(fused, "Fused" + cls).from_config(parent.config), nfe
 
 
-def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "odeint")):
+def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "odeint"), batches=None):
     from pyprobtf.integrations import k_diffusion as ours_kd
     from pyprobtf.integrations import torchdiffeq as ours_tde
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     steps = 3 if quick else 25
     min_run_time = 0.01 if quick else 0.2
-    batches = (1, 2) if quick else (1, 16)
+    batches = batches or ((1, 2) if quick else (1, 16))
     side = 8 if quick else 64
     rows, notes = [], []
     kd = _k_diffusion_sampling()
@@ -252,17 +252,21 @@ def main(argv=None) -> int:
                              f"{NAME}-threadsN-*")
     parser.add_argument("--parts", default="step,end-to-end,odeint",
                         help="comma-separated subset of step,end-to-end,odeint (the file name then names them)")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,16)")
     args = parser.parse_args(argv)
     parts = tuple(args.parts.split(","))
+    batches = None if args.batches is None else tuple(int(b) for b in args.batches.split(","))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pinned = _common.pin_allocator()
-    rows, columns, notes = run(args.device, args.quick, parts)
+    rows, columns, notes = run(args.device, args.quick, parts, batches)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
     name = NAME if args.threads is None else f"{NAME}-threads{args.threads}"
     if args.parts != parser.get_default("parts"):
         name += "-" + "-".join(parts)
+    if batches is not None:
+        name += "-batch" + "-".join(map(str, batches))
     _common.publish(name, args.device, rows, columns, notes, args.out)
     return 0
 
