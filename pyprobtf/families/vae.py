@@ -145,17 +145,25 @@ class VAE(LatentFamily):
         name = type(self).__name__
         check_choice(name, "prior", prior, PRIORS)
         shape = event_shape_of(name, dim, event_shape)
-        latent_shape, encoder, decoder, self_built = build_encoder_decoder(
-            name, shape, latent_dim, latent_shape, encoder, decoder, hidden, activation, channels, heads=2,
-            hidden_default=(128, 128, 128))
-        if prior == "realnvp":
+
+        def realnvp_prior(latent):
             if base is not None:
                 raise ValueError(f"{name}: give `prior='realnvp'` or `base`, not both")
             from pyprobtf.families.realnvp import RealNVP
 
-            if len(latent_shape) != 1:
-                raise ValueError(f"{name}: `prior='realnvp'` needs a vector latent; got latent_shape={latent_shape}")
-            base = RealNVP(dim=latent_shape[0], layers=prior_layers, hidden=prior_hidden)
+            if len(latent) != 1:
+                raise ValueError(f"{name}: `prior='realnvp'` needs a vector latent; got latent_shape={latent}")
+            return RealNVP(dim=latent[0], layers=prior_layers, hidden=prior_hidden)
+
+        if prior == "realnvp" and encoder is None and decoder is None:
+            # The prior first, then the default networks (the order their initial weights are drawn in).
+            default = IMAGE_LATENT if is_image(shape) else (default_latent_dim(math.prod(shape), None, 8),)
+            base = realnvp_prior(resolve_latent_shape(name, shape, latent_dim, latent_shape, default))
+        latent_shape, encoder, decoder, self_built = build_encoder_decoder(
+            name, shape, latent_dim, latent_shape, encoder, decoder, hidden, activation, channels, heads=2,
+            hidden_default=(128, 128, 128))
+        if prior == "realnvp" and not self_built:
+            base = realnvp_prior(latent_shape)
         super().__init__(None, latent_shape, event_shape=shape, base=base, normalize=normalize)
         self.beta = check_real(name, "beta", beta)
         self.n_samples = check_int(name, "n_samples", n_samples)
