@@ -328,7 +328,7 @@ def test_networks_and_options_are_checked_when_the_model_is_built():
     with pytest.raises(ValueError, match="`d_model` configures the default transformer"):
         Autoregressive(3, net=CausalConv(4), d_model=32)
     with pytest.raises(ValueError, match="divisible by 2"):
-        VAE(event_shape=(1, 7, 7))
+        VAE(event_shape=(1, 7, 7), channels=(16, 32))
 
 
 @pytest.mark.parametrize("family", [VAE, Autoencoder, GAN, VQVAE, Autoregressive], ids=lambda f: f.__name__)

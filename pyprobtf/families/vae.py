@@ -55,7 +55,7 @@ def _gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tenso
 
 
 def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder, decoder, hidden, activation,
-                          channels, *, heads: int, hidden_default, vector_cap: int = 8):
+                          channels, *, heads: int, hidden_default, vector_cap: int = 8, image_latent=IMAGE_LATENT):
     """``(latent_shape, encoder, decoder, defaults)``: the user's networks (both or neither), else the defaults:
     an MLP pair for vectors, a :class:`~pyprobtf.nn.ConvEncoder`/:class:`~pyprobtf.nn.ConvDecoder` pair for images.
     With the user's networks and no latent shape given, the latent shape is read off one call of the encoder."""
@@ -80,7 +80,7 @@ def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder,
             if value is not None:
                 raise ValueError(f"{owner}: `{name}` configures the vector default (an MLP); image defaults take "
                                  f"`channels`")
-        latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, IMAGE_LATENT)
+        latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, image_latent)
         channels = default_channels(event_shape) if channels is None else channels
         return (latent, ConvEncoder(event_shape, latent, channels=channels, heads=heads),
                 ConvDecoder(latent, event_shape, channels=channels), True)
