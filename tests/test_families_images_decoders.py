@@ -376,6 +376,7 @@ def test_vqvae_sample_counts():
         model.sample(-1)
 
 
+@torch.no_grad()
 def test_autoregressive_log_prob_of_a_nan_row_is_nan():
     model = Autoregressive(2, net=CausalConv(4), bins=4, bounds=(0, 1))
     lp = model.log_prob(torch.tensor([[math.nan, 0.5], [0.2, 0.5], [0.2, 7.0]]))
