@@ -384,3 +384,17 @@ def test_autoregressive_log_prob_of_a_nan_row_is_nan():
     tokens = Autoregressive(2, vocab_size=4, net=CausalConv(4))
     lp = tokens.log_prob(torch.tensor([[1.0, math.nan], [1.0, 2.0]]))
     assert math.isnan(lp[0]) and math.isfinite(lp[1])
+
+
+def test_digits_as_images_with_labels():
+    pytest.importorskip("sklearn")
+    from pyprobtf.data import digits
+
+    for split in ("train", "test"):
+        flat = digits(split, dequantize=True)
+        images, labels = digits(split, image=True, dequantize=True, labels=True)
+        assert images.shape == (flat.shape[0], 1, 8, 8) and torch.equal(images.reshape(-1, 64), flat)
+        assert labels.dtype == torch.int64 and labels.shape == (flat.shape[0],) and set(labels.tolist()) == set(range(10))
+    assert torch.equal(digits("all", image=True).reshape(-1, 64), digits("all"))
+    with pytest.raises(TypeError, match="`image` must be a bool"):
+        digits(image=1)
