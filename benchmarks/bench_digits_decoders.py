@@ -2,7 +2,8 @@
 open-families issue for Autoencoder, VAE, VQVAE with its prior, GAN, Autoregressive and Latent(VAE, FlowMatching)).
 
 Every family is built as ``Family(event_shape=(1, 8, 8))`` (``Latent(VAE(event_shape=(1, 8, 8)),
-FlowMatching(dim=16))`` for the latent flow, 16 the VAE's default latent size), trained by ``pyprobtf.fit(model, train, max_seconds=S)``
+FlowMatching(dim=16))`` for the latent flow, 16 the VAE's default latent size), trained by
+``pyprobtf.fit(model, train, max_seconds=S)``
 on the 1438 dequantized training images (``digits("train", image=True, dequantize=True)``, pixels
 ``(level + u) / 17``) with one CPU thread, then sampled (2000 samples, seed 1) and measured by
 :func:`pyprobtf.metrics.digits_score`: the classifier score (10 at best; real held-out digits about

@@ -65,7 +65,8 @@ def _vector_quantizer():
     try:
         from pyprobtf.nn import VectorQuantizer
     except ImportError as exc:  # until the quantizer (issue 4) is part of this build
-        raise ImportError("VQVAE needs pyprobtf.nn.VectorQuantizer, which this build of pyprobtf does not have") from exc
+        raise ImportError("VQVAE needs pyprobtf.nn.VectorQuantizer, which this build of pyprobtf does not "
+                          "have") from exc
     return VectorQuantizer
 
 
@@ -113,7 +114,8 @@ class VQVAE(LatentFamily):
                  decoder: nn.Module | None = None, slots: int | None = None, code_dim: int | None = None,
                  num_codes: int = 64, hidden=None, activation: str | None = None, channels=None, beta: float = 0.25,
                  ema: bool = True, decay: float = 0.95, kmeans_init: bool = True, dead_code_threshold: float = 1.0,
-                 prior: str = "autoregressive", prior_d_model: int | None = None, prior_layers: int = 2, prior_heads: int = 4,
+                 prior: str = "autoregressive", prior_d_model: int | None = None, prior_layers: int = 2,
+                 prior_heads: int = 4,
                  normalize: bool = True):
         name = type(self).__name__
         shape = event_shape_of(name, dim, event_shape)
