@@ -1,11 +1,11 @@
-"""Sample pictures without a plotting library: image grids and 2-D histograms, written as PNG.
+"""Sample pictures: image grids and 2-D histograms as ``uint8`` arrays, written as PNG by Pillow.
 
 - :func:`image_grid`: ``(n, h, w)`` images (values in ``[lo, hi]``) tiled into one
   ``uint8`` array, with a border between tiles;
 - :func:`points_image`: a 2-D point cloud as a ``uint8`` histogram picture
   (dark where the points are dense);
 - :func:`write_png`: a ``uint8`` grey (``(H, W)``) or RGB (``(H, W, 3)``) array to
-  a PNG file, with numpy and zlib only.
+  a PNG file (Pillow).
 
 Example:
     >>> import torch
@@ -17,8 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +31,15 @@ def _as_numpy(a) -> np.ndarray:
 
 def image_grid(images, *, nrow: int | None = None, value_range: tuple[float, float] = (0.0, 1.0), zoom: int = 1,
                pad: int = 1, invert: bool = False) -> np.ndarray:
-    """Tile ``images`` ``(n, h, w)`` into a ``uint8`` grid, ``nrow`` tiles per row (default: about square).
+    """Tile ``images`` ``(n, h, w)`` (or ``(n, 1, h, w)``) into a ``uint8`` grid, ``nrow`` tiles per row
+    (default: about square).
 
     Values are clipped to ``value_range`` and mapped to 0..255 (``invert``: high values dark); each
     pixel becomes a ``zoom x zoom`` block; tiles are separated by ``pad`` mid-grey pixels.
     """
     arr = _as_numpy(images)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
     if arr.ndim != 3 or arr.shape[0] == 0:
         raise ValueError(f"image_grid: `images` must have shape (n, h, w) with n >= 1; got {arr.shape}")
     lo, hi = (float(v) for v in value_range)
@@ -86,23 +87,20 @@ def points_image(points, *, bounds: tuple[float, float] | None = None, size: int
     return np.round(255 * (1.0 - (counts / peak) ** gamma)).astype(np.uint8)
 
 
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
 def write_png(path, image) -> Path:
-    """Write a ``uint8`` array ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB) as an 8-bit PNG; returns the path."""
+    """Write a ``uint8`` array ``(H, W)`` (grey) or ``(H, W, 3)`` (RGB) as an 8-bit PNG with Pillow; returns the path.
+
+    Needs Pillow (``pip install 'pyprobtf[viz]'``, which brings it with matplotlib).
+    """
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or 0 in arr.shape:
         raise ValueError(f"write_png: `image` must be a non-empty uint8 array of shape (H, W) or (H, W, 3); got "
                          f"{arr.dtype} {arr.shape}")
-    height, width = arr.shape[:2]
-    color_type = 0 if arr.ndim == 2 else 2
-    rows = arr.reshape(height, -1)
-    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rows], axis=1).tobytes()  # filter 0 per row
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 9)) + _chunk(b"IEND", b"")
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError("write_png needs Pillow: pip install 'pyprobtf[viz]' (or pip install pillow)") from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
+    Image.fromarray(np.ascontiguousarray(arr), mode="L" if arr.ndim == 2 else "RGB").save(path, format="PNG")
     return path

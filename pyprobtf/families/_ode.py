@@ -13,16 +13,33 @@ comes from :mod:`pyprobtf.solvers`:
 
 The solver's time grid comes from ``times(n_steps, towards_data)``; subclasses
 with a non-uniform clock (Diffusion) override it.
+
+The network is the user's: ``net(x, t, context=None)`` with ``x`` of shape
+``(B, *event_shape)`` and ``t`` a ``(B,)`` tensor, returning ``(B, *event_shape)``
+(checked at every call: a wrong shape names the network and both shapes). When
+none is given, :func:`default_net` builds :class:`~pyprobtf.nn.TimeMLP` for
+vectors and :class:`~pyprobtf.nn.UNet` for ``(C, H, W)`` images. With
+``context_dropout = p > 0`` (classifier-free guidance, Ho & Salimans 2022) the
+loss replaces the context of a share ``p`` of the rows by a null context -- the
+label ``num_classes`` for class labels (so the network must embed
+``num_classes + 1`` labels; the defaults do), zeros for a context tensor -- and
+sampling with ``guidance=w`` evaluates ``out_uncond + w (out_cond - out_uncond)``
+on the network's output (``w = 1``: the conditional model; ``w = 0``: the
+unconditional one).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
+from torch import nn
 
 from pyprobtf import solvers
-from pyprobtf.transform import FlatDistribution, ProbabilityTransform, Trajectory
+from pyprobtf.nn.mlp import FourierFeatures, TimeMLP, check_activation, check_hidden
+from pyprobtf.nn.unet import UNet
+from pyprobtf.transform import FlatDistribution, ProbabilityTransform, Trajectory, check_net_output
 
 ODE_METHODS = ("euler", "heun", "midpoint", "rk4")
 DIVERGENCES = ("auto", "exact", "hutchinson")
@@ -34,20 +51,56 @@ def check_steps(owner: str, name: str, value) -> int:
     return int(value)
 
 
+def is_image(event_shape) -> bool:
+    """Whether ``event_shape`` is an image shape ``(C, H, W)`` (the UNet default applies)."""
+    return len(event_shape) == 3
+
+
+def default_net(owner: str, model: ProbabilityTransform, hidden, activation: str, x_frequencies: int,
+                unet_channels, extra_labels: int) -> nn.Module:
+    """The default ``net(x, t, context)`` of an ODE family: a :class:`~pyprobtf.nn.UNet` with ``unet_channels``
+    for image shapes, else a :class:`~pyprobtf.nn.TimeMLP` on the flattened event. ``extra_labels``: 1 when a
+    null label is needed for classifier-free guidance."""
+    num_classes = model.num_classes + extra_labels if model.num_classes else 0
+    context_dim = 0 if model.num_classes else model.dim_of_context
+    if is_image(model.event_shape):
+        return UNet(model.event_shape[0], channels=unet_channels, num_classes=num_classes,
+                    context_dim=context_dim)
+    return TimeMLP(model.event_shape, check_hidden(owner, hidden), context_dim=context_dim,
+                   num_classes=num_classes, activation=check_activation(owner, activation),
+                   x_frequencies=x_frequencies)
+
+
+def check_net(owner: str, name: str, net) -> nn.Module | None:
+    if net is not None and not callable(net):
+        raise TypeError(f"{owner}: `{name}` must be a callable net(x, t, context=None) (an nn.Module); got "
+                        f"{type(net).__name__}")
+    return net
+
+
 class ODEFamily(ProbabilityTransform):
     """Base of the ODE-based families (see the module docstring).
 
-    Subclasses set ``t_base``, ``t_data`` and implement ``velocity(x, t, context)``.
+    Subclasses set ``t_base``, ``t_data`` and implement ``velocity(x, t, context, guidance)``; they call
+    ``net_output`` for the network.
     """
 
     capabilities = frozenset({"inverse", "ladj", "log_prob"})
     t_base: float = 0.0
     t_data: float = 1.0
 
-    def __init__(self, dim: int, *, ode_steps: int, ode_method: str, log_prob_steps: int, divergence: str,
-                 n_probes: int = 1, base=None, context_dim: int = 0):
-        super().__init__(dim, base=base, context_dim=context_dim)
+    def __init__(self, dim: int | None = None, *, event_shape=None, ode_steps: int, ode_method: str,
+                 log_prob_steps: int, divergence: str, n_probes: int = 1, base=None, context_dim: int = 0,
+                 context_shape=None, num_classes: int = 0, context_dropout: float = 0.0):
+        super().__init__(dim, event_shape=event_shape, base=base, context_dim=context_dim,
+                         context_shape=context_shape, num_classes=num_classes)
         name = type(self).__name__
+        if not (isinstance(context_dropout, numbers.Real) and 0 <= context_dropout < 1):
+            raise ValueError(f"{name}: `context_dropout` must be in [0, 1); got {context_dropout!r}")
+        if context_dropout and not self.conditional:
+            raise ValueError(f"{name}: `context_dropout` needs a conditional model (context_dim, context_shape "
+                             f"or num_classes)")
+        self.context_dropout = float(context_dropout)
         self.ode_steps = check_steps(name, "ode_steps", ode_steps)
         self.log_prob_steps = check_steps(name, "log_prob_steps", log_prob_steps)
         self.n_probes = check_steps(name, "n_probes", n_probes)
@@ -57,18 +110,64 @@ class ODEFamily(ProbabilityTransform):
             raise ValueError(f"{name}: `divergence` must be one of {DIVERGENCES}; got {divergence!r}")
         self.ode_method = ode_method
         # Exact divergence costs one backward pass per dimension: cheap for small dim only.
-        self.divergence = ("exact" if dim <= 16 else "hutchinson") if divergence == "auto" else divergence
+        self.divergence = ("exact" if self.dim <= 16 else "hutchinson") if divergence == "auto" else divergence
+
+    @property
+    def dim_of_context(self) -> int:
+        """The number of elements of a floating context per row (0 for none or class labels)."""
+        return 0 if self.num_classes or not self.context_shape else math.prod(self.context_shape)
+
+    def set_net(self, net, hidden, activation, x_frequencies, unet_channels) -> None:
+        """``self.net``: the user's ``net``, or the default one (see :func:`default_net`)."""
+        name = type(self).__name__
+        check_net(name, "net", net)
+        self.net = net if net is not None else default_net(
+            name, self, hidden, activation, x_frequencies, unet_channels, 1 if self.context_dropout else 0)
+
+    # -------------------------------------------------------------- the network and guidance
+    def null_context(self, context: torch.Tensor) -> torch.Tensor:
+        """The context that stands for "no context" (classifier-free guidance): the label ``num_classes``
+        for class labels, zeros for a context tensor."""
+        if self.num_classes:
+            return torch.full_like(context, self.num_classes)
+        return torch.zeros_like(context)
+
+    def drop_context(self, context):
+        """``context`` with a share ``context_dropout`` of its rows replaced by the null context (training)."""
+        if context is None or not self.context_dropout:
+            return context
+        drop = torch.rand(context.shape[0], device=context.device) < self.context_dropout
+        null = self.null_context(context)
+        return torch.where(drop.reshape(-1, *[1] * (context.dim() - 1)), null, context)
+
+    def net_output(self, x: torch.Tensor, t, context=None, guidance=None) -> torch.Tensor:
+        """``net(x, t, context)`` with ``t`` as a ``(B,)`` tensor, its shape checked; with ``guidance=w``
+        (not None or 1) the classifier-free mix ``out(null) + w (out(context) - out(null))``."""
+        t = t.to(x.dtype).expand(x.shape[0]) if isinstance(t, torch.Tensor) and t.dim() == 0 else (
+            t if isinstance(t, torch.Tensor) else x.new_full((x.shape[0],), float(t)))
+        owner = type(self).__name__
+        if context is None or guidance is None or guidance == 1:
+            out = self.net(x, t, context) if context is not None else self.net(x, t)
+            return check_net_output(owner, "net", out, tuple(x.shape))
+        both = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, self.null_context(context)]))
+        both = check_net_output(owner, "net", both, (2 * x.shape[0], *x.shape[1:]))
+        cond, uncond = both.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """A ``(B,)`` tensor shaped ``(B, 1, ..., 1)`` to broadcast over the event."""
+        return t.reshape(-1, *[1] * len(self.event_shape))
 
     @torch.no_grad()
     def initialize(self, batch) -> None:
-        """Set the network's input scale (``net.x_features.scale``) to the data's std."""
+        """Set the default MLP's input scale (``net.x_features.scale``) to the data's std."""
         x, _ = self.split_batch(batch, "initialize")
         features = getattr(getattr(self, "net", None), "x_features", None)
-        if features is not None and x.shape[0] > 1:
-            features.scale.fill_(float(x.std(0).mean().clamp_min(1e-3)))
+        if isinstance(features, FourierFeatures) and x.shape[0] > 1:
+            features.scale.fill_(float(x.flatten(1).std(0).mean().clamp_min(1e-3)))
 
     # -------------------------------------------------------------- to implement
-    def velocity(self, x: torch.Tensor, t, context=None) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, t, context=None, guidance=None) -> torch.Tensor:
         raise NotImplementedError
 
     def times(self, n_steps: int, towards_data: bool) -> list[float]:
@@ -77,10 +176,10 @@ class ODEFamily(ProbabilityTransform):
         return solvers.uniform_times(n_steps, a, b)
 
     # -------------------------------------------------------------- the protocol
-    def _field(self, context):
+    def _field(self, context, guidance=None):
         if context is None:
             return lambda x, t: self.velocity(x, t)
-        return lambda x, t: self.velocity(x, t, context)
+        return lambda x, t: self.velocity(x, t, context, guidance)
 
     def _prep(self, v, method, name="x", context=None):
         v = self.check_x(v, method, name)
@@ -89,17 +188,38 @@ class ODEFamily(ProbabilityTransform):
     def _steps(self, steps, default):
         return default if steps is None else check_steps(type(self).__name__, "steps", steps)
 
-    def transform(self, z, context=None, *, steps: int | None = None, method: str | None = None):
-        """``x = F(z)``: the ODE from the base end to the data end (``steps`` and ``method`` override the defaults)."""
+    def transform(self, z, context=None, *, steps: int | None = None, method: str | None = None,
+                  guidance: float | None = None):
+        """``x = F(z)``: the ODE from the base end to the data end (``steps`` and ``method`` override the
+        defaults; ``guidance=w``: classifier-free guidance, see the module docstring)."""
         z, context = self._prep(z, "transform", "z", context)
-        return solvers.sample_ode(self._field(context), z, self.times(self._steps(steps, self.ode_steps), True),
+        guidance = self._check_guidance(guidance, context)
+        return solvers.sample_ode(self._field(context, guidance), z,
+                                  self.times(self._steps(steps, self.ode_steps), True),
                                   method=method or self.ode_method)
 
-    def inverse(self, x, context=None, *, steps: int | None = None, method: str | None = None):
+    def inverse(self, x, context=None, *, steps: int | None = None, method: str | None = None,
+                guidance: float | None = None):
         """``z = F^-1(x)``: the same ODE from the data end back to the base end."""
         x, context = self._prep(x, "inverse", "x", context)
-        return solvers.sample_ode(self._field(context), x, self.times(self._steps(steps, self.ode_steps), False),
+        guidance = self._check_guidance(guidance, context)
+        return solvers.sample_ode(self._field(context, guidance), x,
+                                  self.times(self._steps(steps, self.ode_steps), False),
                                   method=method or self.ode_method)
+
+    def _check_guidance(self, guidance, context):
+        if guidance is None:
+            return None
+        name = type(self).__name__
+        if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
+            raise TypeError(f"{name}: `guidance` must be a finite real number (1: no guidance); got "
+                            f"{guidance!r}")
+        if context is None:
+            raise ValueError(f"{name}: `guidance` needs a conditional model and a `context`")
+        if guidance != 1 and not self.context_dropout:
+            raise ValueError(f"{name}: `guidance` other than 1 needs a model trained with context_dropout > 0 "
+                             f"(it has learned no unconditional output)")
+        return float(guidance)
 
     def _ladj(self, v, context, towards_data, steps, seed, base):
         return solvers.log_prob_ode(
@@ -113,14 +233,15 @@ class ODEFamily(ProbabilityTransform):
         # log_prob_ode integrates towards its "base" end; run it from z to the data end with a flat base.
         ladj, x = solvers.log_prob_ode(
             self._field(context), z, self.times(self._steps(steps, self.log_prob_steps), True),
-            FlatDistribution(self.dim), divergence=self.divergence, n_probes=self.n_probes, method="rk4", seed=seed,
+            FlatDistribution(self.event_shape), divergence=self.divergence, n_probes=self.n_probes, method="rk4",
+            seed=seed,
         )
         return x, ladj
 
     def inverse_and_ladj(self, x, context=None, *, steps: int | None = None, seed: int = 0):
         """``(F^-1(x), log|det dF^-1/dx|)``."""
         x, context = self._prep(x, "inverse_and_ladj", "x", context)
-        ladj, z = self._ladj(x, context, False, steps, seed, FlatDistribution(self.dim))
+        ladj, z = self._ladj(x, context, False, steps, seed, FlatDistribution(self.event_shape))
         return z, ladj
 
     def log_prob(self, x, context=None, *, steps: int | None = None, seed: int = 0):
@@ -129,13 +250,15 @@ class ODEFamily(ProbabilityTransform):
         x, context = self._prep(x, "log_prob", "x", context)
         return self._ladj(x, context, False, steps, seed, self.base)[0]
 
-    def trajectory(self, z, context=None, *, steps: int | None = None, method: str | None = None):
+    def trajectory(self, z, context=None, *, steps: int | None = None, method: str | None = None,
+                   guidance: float | None = None):
         """The ODE state at every solver time from ``z`` (base end) to ``x`` (data end)."""
         z, context = self._prep(z, "trajectory", "z", context)
+        guidance = self._check_guidance(guidance, context)
         times = self.times(self._steps(steps, self.ode_steps), True)
         with torch.no_grad():
-            _, states = solvers.sample_ode(self._field(context), z, times, method=method or self.ode_method,
-                                           return_trajectory=True)
+            _, states = solvers.sample_ode(self._field(context, guidance), z, times,
+                                           method=method or self.ode_method, return_trajectory=True)
         # The first state is z itself (labelled "z", as in every family's trajectory).
         return Trajectory(list(states), ["z"] + [f"{self.clock}={t:.4g}" for t in times[1:]])
 

@@ -14,26 +14,28 @@ does not grow with the dimension; Grathwohl et al. 2019). Evaluation
 from __future__ import annotations
 
 from pyprobtf import solvers
-from pyprobtf.families._nets import TimeField, check_activation, check_hidden
 from pyprobtf.families._ode import DIVERGENCES, ODEFamily, check_steps
 from pyprobtf.transform import draw_seed
 
 
 class ContinuousFlow(ODEFamily):
-    """A continuous normalizing flow (neural ODE) for vectors, trained by maximum likelihood.
+    """A continuous normalizing flow (neural ODE) on any event shape, trained by maximum likelihood.
 
     Args:
-        dim: data dimension.
-        hidden, activation, x_frequencies: the velocity network, an MLP on ``[x, Fourier(x), Fourier(t),
-            context]`` (a smooth activation keeps the ODE easy to solve; the Fourier features of ``x``
-            are scaled to the data's std by :meth:`initialize`).
+        dim, event_shape: the shape of one sample (``dim=d`` is ``event_shape=(d,)``; ``(C, H, W)`` for
+            images).
+        net: the velocity network, ``net(x, t, context=None) -> (B, *event_shape)``, ``t`` a ``(B,)`` tensor
+            in [0, 1]. ``None``: a :class:`~pyprobtf.nn.UNet` with ``unet_channels`` for image shapes, else
+            a :class:`~pyprobtf.nn.TimeMLP` on ``[x, Fourier(x), Fourier(t), context]`` from ``hidden``,
+            ``activation`` and ``x_frequencies`` (a smooth activation keeps the ODE easy to solve; the
+            Fourier features of ``x`` are scaled to the data's std by :meth:`initialize`).
         train_steps: RK4 steps of the likelihood solve during training.
         train_divergence: ``"hutchinson"`` (default) or ``"exact"`` during training.
         ode_steps, ode_method: the solver for ``transform``/``inverse``/``sample``.
         log_prob_steps, divergence, n_probes: the likelihood solve of ``log_prob``
             (``divergence="auto"``: exact for ``dim <= 16``) and the number of
             Hutchinson probes (training and evaluation).
-        base, context_dim: see :class:`~pyprobtf.ProbabilityTransform`.
+        base, context_dim, context_shape, num_classes: see :class:`~pyprobtf.ProbabilityTransform`.
 
     Example:
         >>> from pyprobtf import fit
@@ -47,24 +49,24 @@ class ContinuousFlow(ODEFamily):
     fit_defaults = {"steps": 5000, "batch_size": 256, "lr": 2e-3, "warmup": 100, "lr_final": 0.02,
                     "grad_clip": 10.0}
 
-    def __init__(self, dim: int, *, hidden=(64, 64, 64), activation: str = "tanh", x_frequencies: int = 4,
-                 train_steps: int = 8,
+    def __init__(self, dim: int | None = None, *, event_shape=None, net=None, hidden=(64, 64, 64),
+                 activation: str = "tanh", x_frequencies: int = 4, unet_channels=(16, 32), train_steps: int = 8,
                  train_divergence: str = "hutchinson", ode_steps: int = 32, ode_method: str = "rk4",
                  log_prob_steps: int = 64, divergence: str = "auto", n_probes: int = 1, base=None,
-                 context_dim: int = 0):
-        super().__init__(dim, ode_steps=ode_steps, ode_method=ode_method, log_prob_steps=log_prob_steps,
-                         divergence=divergence, n_probes=n_probes, base=base, context_dim=context_dim)
+                 context_dim: int = 0, context_shape=None, num_classes: int = 0):
+        super().__init__(dim, event_shape=event_shape, ode_steps=ode_steps, ode_method=ode_method,
+                         log_prob_steps=log_prob_steps, divergence=divergence, n_probes=n_probes, base=base,
+                         context_dim=context_dim, context_shape=context_shape, num_classes=num_classes)
         name = type(self).__name__
         self.train_steps = check_steps(name, "train_steps", train_steps)
         if train_divergence not in DIVERGENCES[1:]:
             raise ValueError(f"{name}: `train_divergence` must be 'exact' or 'hutchinson'; got {train_divergence!r}")
         self.train_divergence = train_divergence
-        self.net = TimeField(dim, check_hidden(name, hidden), context_dim=context_dim,
-                             activation=check_activation(name, activation), x_frequencies=x_frequencies)
+        self.set_net(net, hidden, activation, x_frequencies, unet_channels)
 
-    def velocity(self, x, t, context=None):
+    def velocity(self, x, t, context=None, guidance=None):
         """``v(x, t)``, ``t`` in [0, 1]."""
-        return self.net(x, t, context)
+        return self.net_output(x, t, context, guidance)
 
     def loss(self, batch):
         """Negative log-likelihood (nats per sample) from a ``train_steps``-step RK4 solve, Hutchinson divergence."""

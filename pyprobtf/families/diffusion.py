@@ -37,8 +37,7 @@ import numbers
 import torch
 
 from pyprobtf import solvers
-from pyprobtf.families._nets import TimeField, check_activation, check_hidden
-from pyprobtf.families._ode import ODEFamily, check_steps
+from pyprobtf.families._ode import ODEFamily, check_steps, is_image
 from pyprobtf.transform import Trajectory, _check_count, draw_seed, seeded
 
 PARAMETERIZATIONS = ("edm", "vp")
@@ -47,15 +46,22 @@ SAMPLERS = ("ode", "sde", "langevin")
 
 
 class Diffusion(ODEFamily):
-    """A score-based diffusion model for vectors (see the module docstring).
+    """A score-based diffusion model on any event shape (see the module docstring).
 
     Args:
-        dim: data dimension.
+        dim, event_shape: the shape of one sample (``dim=d`` is ``event_shape=(d,)``; ``(C, H, W)`` for
+            images).
         parameterization: ``"edm"`` (default) or ``"vp"`` (DDPM).
-        hidden, activation, x_frequencies: the network, an MLP on ``[x, Fourier(x), Fourier(t), context]``
-            (EDM feeds it ``c_in x``, of unit variance). ReLU by default: with EDM's preconditioning
+        net: the network, ``net(x, t, context=None) -> (B, *event_shape)`` with ``t`` a ``(B,)`` tensor;
+            the family wraps it in its parameterisation, as k-diffusion's ``Denoiser`` does: EDM's
+            ``D(x, sigma) = c_skip x + c_out net(c_in x, ln(sigma) / 4)``, VP's ``eps = net(x, 2t - 1)``.
+            ``None``: a :class:`~pyprobtf.nn.UNet` with ``unet_channels`` for image shapes, else a
+            :class:`~pyprobtf.nn.TimeMLP` on ``[x, Fourier(x), Fourier(t), context]`` from ``hidden``,
+            ``activation`` and ``x_frequencies``. ReLU by default: with EDM's preconditioning
             the network must learn only the non-linear part of the denoiser, and a SiLU MLP sat on a
             plateau for thousands of steps on the 2-D sets where a ReLU one did not.
+        context_dropout: share of training rows whose context is replaced by the null context, for
+            classifier-free guidance (``sample(..., guidance=w)``); see :mod:`pyprobtf.families._ode`.
         sigma_min, sigma_max: EDM's noise range (the data end and the base end).
         P_mean, P_std: EDM's training noise distribution, ``ln(sigma / sigma_data) ~ N(P_mean, P_std^2)``.
         sigma_data: the data's std for EDM's preconditioning; ``None``: 1 until
@@ -63,11 +69,12 @@ class Diffusion(ODEFamily):
         schedule, beta_min, beta_max, t_min: the VP schedule (``"linear"`` or
             ``"cosine"``) and its data end ``t_min``.
         rho: spacing of the solver's noise levels (EDM's 7).
-        ode_steps, ode_method: the probability-flow ODE solver for ``transform``/``sample``.
+        ode_steps, ode_method: the probability-flow ODE solver for ``transform``/``sample`` (``ode_steps``
+            default: 32, 16 for image shapes).
         sde_steps, langevin_steps, langevin_step: the other samplers (``langevin_steps`` Langevin steps per
             noise level, over the ``ode_steps + 1`` levels of the ODE grid, each of size ``langevin_step * sigma^2``).
         log_prob_steps, divergence, n_probes: the likelihood ODE (RK4).
-        base, context_dim: see :class:`~pyprobtf.ProbabilityTransform`.
+        base, context_dim, context_shape, num_classes: see :class:`~pyprobtf.ProbabilityTransform`.
 
     Example:
         >>> from pyprobtf import fit
@@ -79,18 +86,29 @@ class Diffusion(ODEFamily):
     """
 
     fit_defaults = {"steps": 20_000, "batch_size": 512, "lr": 5e-3, "warmup": 200, "lr_final": 0.01}
+    #: fit's defaults for image shapes (the UNet)
+    image_fit_defaults = {"steps": 20_000, "batch_size": 128, "lr": 2e-3, "warmup": 100, "lr_final": 0.02,
+                          "ema": 0.99}
 
-    def __init__(self, dim: int, *, parameterization: str = "edm", hidden=(128, 128, 128),
-                 activation: str = "relu", x_frequencies: int = 4, sigma_min: float = 0.002,
-                 sigma_max: float = 80.0,
+    def __init__(self, dim: int | None = None, *, event_shape=None, parameterization: str = "edm", net=None,
+                 hidden=(128, 128, 128), activation: str = "relu", x_frequencies: int = 4,
+                 unet_channels=(32, 64), sigma_min: float = 0.002, sigma_max: float = 80.0,
                  P_mean: float = -0.5, P_std: float = 1.5, sigma_data: float | None = None,
                  schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3,
-                 rho: float = 7.0, ode_steps: int = 32, ode_method: str = "heun", sde_steps: int = 256,
+                 rho: float = 7.0, ode_steps: int | None = None, ode_method: str = "heun", sde_steps: int = 256,
                  langevin_steps: int = 20, langevin_step: float = 0.1, log_prob_steps: int = 64,
-                 divergence: str = "auto", n_probes: int = 1, base=None, context_dim: int = 0):
-        super().__init__(dim, ode_steps=ode_steps, ode_method=ode_method, log_prob_steps=log_prob_steps,
-                         divergence=divergence, n_probes=n_probes, base=base, context_dim=context_dim)
+                 divergence: str = "auto", n_probes: int = 1, base=None, context_dim: int = 0,
+                 context_shape=None, num_classes: int = 0, context_dropout: float = 0.0):
+        super().__init__(dim, event_shape=event_shape, ode_steps=1 if ode_steps is None else ode_steps,
+                         ode_method=ode_method,
+                         log_prob_steps=log_prob_steps, divergence=divergence, n_probes=n_probes, base=base,
+                         context_dim=context_dim, context_shape=context_shape, num_classes=num_classes,
+                         context_dropout=context_dropout)
         name = type(self).__name__
+        if ode_steps is None:
+            self.ode_steps = 16 if is_image(self.event_shape) else 32
+        if is_image(self.event_shape):
+            self.fit_defaults = dict(self.image_fit_defaults)
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"{name}: `parameterization` must be one of {PARAMETERIZATIONS}; got "
                              f"{parameterization!r}")
@@ -120,8 +138,7 @@ class Diffusion(ODEFamily):
             self.t_data, self.t_base, self.clock = self.sigma_min, self.sigma_max, "sigma"
         else:
             self.t_data, self.t_base, self.clock = float(t_min), 1.0, "t"
-        self.net = TimeField(dim, check_hidden(name, hidden), context_dim=context_dim,
-                             activation=check_activation(name, activation), x_frequencies=x_frequencies)
+        self.set_net(net, hidden, activation, x_frequencies, unet_channels)
 
     # -------------------------------------------------------------- the noising process
     def alpha(self, t):
@@ -148,43 +165,45 @@ class Diffusion(ODEFamily):
         return float(self.sigma(self.t_base))
 
     # -------------------------------------------------------------- the network
-    def denoise(self, x: torch.Tensor, t, context=None) -> torch.Tensor:
-        """``D(x, t)``: the network's estimate of ``E[x_0 | x_t = x]``."""
+    def denoise(self, x: torch.Tensor, t, context=None, guidance=None) -> torch.Tensor:
+        """``D(x, t)``: the network's estimate of ``E[x_0 | x_t = x]`` (guided by ``guidance=w``: the
+        classifier-free mix of the network's outputs, so of ``D`` too, both being affine in it)."""
         if self.parameterization == "edm":
             sigma = t if isinstance(t, torch.Tensor) else x.new_full((x.shape[0],), float(t))
-            sigma = sigma.reshape(-1, 1)
+            sigma = self.broadcast(sigma)
             sd = self.sigma_data.to(x.dtype)
             total = sigma.square() + sd.square()
             c_skip, c_out, c_in = sd.square() / total, sigma * sd / total.sqrt(), 1 / total.sqrt()
-            return c_skip * x + c_out * self.net(c_in * x, torch.log(sigma).squeeze(1) / 4, context)
-        eps = self.predict_eps(x, t, context)
+            out = self.net_output(c_in * x, torch.log(sigma).reshape(-1) / 4, context, guidance)
+            return c_skip * x + c_out * out
+        eps = self.predict_eps(x, t, context, guidance)
         alpha, sigma = self.alpha(t), self.sigma(t)
         if isinstance(t, torch.Tensor):
-            alpha, sigma = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
+            alpha, sigma = self.broadcast(alpha), self.broadcast(sigma)
         return (x - sigma * eps) / alpha
 
-    def predict_eps(self, x, t, context=None):
+    def predict_eps(self, x, t, context=None, guidance=None):
         """VP: the network's noise prediction (its time input is ``2t - 1``)."""
         tt = t if isinstance(t, torch.Tensor) else x.new_full((x.shape[0],), float(t))
-        return self.net(x, 2 * tt - 1, context)
+        return self.net_output(x, 2 * tt - 1, context, guidance)
 
-    def score(self, x: torch.Tensor, t, context=None) -> torch.Tensor:
+    def score(self, x: torch.Tensor, t, context=None, guidance=None) -> torch.Tensor:
         """``grad_x log p_t(x) = (alpha(t) D(x, t) - x) / sigma(t)^2``."""
         if self.parameterization == "vp":
-            return -self.predict_eps(x, t, context) / self.sigma(t)
-        return (self.denoise(x, t, context) - x) / (t * t)
+            return -self.predict_eps(x, t, context, guidance) / self.sigma(t)
+        return (self.denoise(x, t, context, guidance) - x) / (t * t)
 
-    def _field(self, context):
+    def _field(self, context, guidance=None):
         if self.parameterization == "edm":
             # The solvers step EDM fields on the denoiser's outputs directly (fewer passes).
-            return solvers.edm_field(lambda x, sigma: self.denoise(x, sigma, context))
-        return super()._field(context)
+            return solvers.edm_field(lambda x, sigma: self.denoise(x, sigma, context, guidance))
+        return super()._field(context, guidance)
 
-    def velocity(self, x, t, context=None):
+    def velocity(self, x, t, context=None, guidance=None):
         """The probability-flow ODE's field ``dx/dt = f x - g^2 score / 2``."""
         if self.parameterization == "edm":
-            return (x - self.denoise(x, t, context)) / t
-        return self.drift_coef(t) * x - 0.5 * self.diffusion_sq(t) * self.score(x, t, context)
+            return (x - self.denoise(x, t, context, guidance)) / t
+        return self.drift_coef(t) * x - 0.5 * self.diffusion_sq(t) * self.score(x, t, context, guidance)
 
     # -------------------------------------------------------------- training
     @torch.no_grad()
@@ -195,22 +214,27 @@ class Diffusion(ODEFamily):
         if self.parameterization == "vp":
             super().initialize(batch)
         elif self._measure_sigma_data and x.shape[0] > 1:
-            self.sigma_data.fill_(float(x.std(0).mean().clamp_min(1e-3)))
+            # Vectors: the mean of the coordinates' stds; images: the std of all pixels (a per-pixel mean
+            # would count the always-dark borders as noise-free).
+            std = x.std(0).mean() if len(self.event_shape) == 1 else x.std()
+            self.sigma_data.fill_(float(std.clamp_min(1e-3)))
 
     def loss(self, batch):
         """Denoising score matching: EDM's weighted ``|D(x_0 + sigma n) - x_0|^2`` or DDPM's ``|eps_hat - eps|^2``."""
         x, context = self.split_batch(batch)
+        context = self.drop_context(context)
         n = x.shape[0]
         eps = torch.randn_like(x)
         if self.parameterization == "edm":
             sd = self.sigma_data.to(x.dtype)
-            sigma = (torch.randn(n, 1, dtype=x.dtype, device=x.device) * self.P_std + self.P_mean).exp() * sd
-            weight = (sigma.square() + sd.square()) / (sigma * sd).square()
-            d = self.denoise(x + sigma * eps, sigma.squeeze(1), context)
-            return (weight * (d - x).square()).sum(1).mean()
+            sigma = (torch.randn(n, dtype=x.dtype, device=x.device) * self.P_std + self.P_mean).exp() * sd
+            s = self.broadcast(sigma)
+            weight = (s.square() + sd.square()) / (s * sd).square()
+            d = self.denoise(x + s * eps, sigma, context)
+            return (weight * (d - x).square()).flatten(1).sum(1).mean()
         t = self.t_data + (1 - self.t_data) * torch.rand(n, dtype=x.dtype, device=x.device)
-        xt = self.alpha(t)[:, None] * x + self.sigma(t)[:, None] * eps
-        return (self.predict_eps(xt, t, context) - eps).square().sum(1).mean()
+        xt = self.broadcast(self.alpha(t)) * x + self.broadcast(self.sigma(t)) * eps
+        return (self.predict_eps(xt, t, context) - eps).square().flatten(1).sum(1).mean()
 
     # -------------------------------------------------------------- the time grid and F
     def times(self, n_steps: int, towards_data: bool) -> list[float]:
@@ -230,12 +254,12 @@ class Diffusion(ODEFamily):
     def _to_ode(self, z):
         return z * self.base_scale
 
-    def transform(self, z, context=None, *, steps=None, method=None):
+    def transform(self, z, context=None, *, steps=None, method=None, guidance=None):
         z, context = self._prep(z, "transform", "z", context)
-        return super().transform(self._to_ode(z), context, steps=steps, method=method)
+        return super().transform(self._to_ode(z), context, steps=steps, method=method, guidance=guidance)
 
-    def inverse(self, x, context=None, *, steps=None, method=None):
-        return super().inverse(x, context, steps=steps, method=method) / self.base_scale
+    def inverse(self, x, context=None, *, steps=None, method=None, guidance=None):
+        return super().inverse(x, context, steps=steps, method=method, guidance=guidance) / self.base_scale
 
     def transform_and_ladj(self, z, context=None, *, steps=None, seed=0):
         z, context = self._prep(z, "transform_and_ladj", "z", context)
@@ -252,30 +276,31 @@ class Diffusion(ODEFamily):
         z, ladj = self.inverse_and_ladj(x, context, steps=steps, seed=seed)
         return self.base.log_prob(z) + ladj
 
-    def trajectory(self, z, context=None, *, steps=None, method="ode", seed=0):
+    def trajectory(self, z, context=None, *, steps=None, method="ode", seed=0, guidance=None):
         """The states from ``z`` through every solver time of ``method`` (``"ode"``, ``"sde"``, ``"langevin"``)."""
         z, context = self._prep(z, "trajectory", "z", context)
+        guidance = self._check_guidance(guidance, context)
         with torch.no_grad():
-            _, states, times = self._sample_from(z, context, method, steps, seed)
+            _, states, times = self._sample_from(z, context, method, steps, seed, guidance)
         labels = [f"{self.clock}={t:.4g}" for t in times]
         return Trajectory([z] + list(states), ["z"] + labels)
 
     # -------------------------------------------------------------- samplers
-    def _sample_from(self, z, context, method, steps, seed):
+    def _sample_from(self, z, context, method, steps, seed, guidance=None):
         """(x, states, the time of each state) of sampler ``method`` started at ``z``."""
         if method not in SAMPLERS:
             raise ValueError(f"{type(self).__name__}: `method` must be one of {SAMPLERS}; got {method!r}")
         x_t = self._to_ode(z)
         if method == "ode":
             times = self.times(self._steps(steps, self.ode_steps), True)
-            x, states = solvers.sample_ode(self._field(context), x_t, times, method=self.ode_method,
+            x, states = solvers.sample_ode(self._field(context, guidance), x_t, times, method=self.ode_method,
                                            return_trajectory=True)
             return x, states, times
         if method == "sde":
             times = self.times(self._steps(steps, self.sde_steps), True)
 
             def drift(x, t):
-                return self.drift_coef(t) * x - self.diffusion_sq(t) * self.score(x, t, context)
+                return self.drift_coef(t) * x - self.diffusion_sq(t) * self.score(x, t, context, guidance)
 
             def diffusion(x, t):
                 return math.sqrt(self.diffusion_sq(t))
@@ -288,7 +313,7 @@ class Diffusion(ODEFamily):
         time_of = dict(zip(sigmas, times))
 
         def score(x, s):
-            return self.score(x, time_of[float(s)], context)
+            return self.score(x, time_of[float(s)], context, guidance)
 
         # annealed_langevin's Langevin steps are eps * sigma^2 / (2 sigma_min^2): this eps makes them
         # langevin_step * sigma^2 at every level.
@@ -299,12 +324,14 @@ class Diffusion(ODEFamily):
         return x, states[::self.langevin_steps], [times[0]] + times
 
     def sample(self, n: int, *, seed: int | None = None, method: str = "ode", steps: int | None = None,
-               context=None):
+               context=None, guidance: float | None = None):
         """``n`` samples by ``method``: ``"ode"`` (the probability-flow ODE, = ``transform`` of base draws),
-        ``"sde"`` (the reverse SDE) or ``"langevin"`` (annealed Langevin). The same seed gives the same samples."""
+        ``"sde"`` (the reverse SDE) or ``"langevin"`` (annealed Langevin). The same seed gives the same samples.
+        ``guidance=w``: classifier-free guidance (a model trained with ``context_dropout``)."""
         n = _check_count(n, self._name("sample"))
         with torch.no_grad(), seeded(seed, self.device):
             z = self.base.sample((n,))
             context = self.check_context(context, n, "sample", like=z)
+            guidance = self._check_guidance(guidance, context)
             noise_seed = seed if seed is not None else draw_seed()
-            return self._sample_from(z, context, method, steps, noise_seed)[0]
+            return self._sample_from(z, context, method, steps, noise_seed, guidance)[0]
