@@ -145,6 +145,9 @@ def test_a_map_latent_is_kept_channel_first():
     ae = Autoencoder(event_shape=shape, encoder=Encoder(shape, latent), decoder=Decoder(latent, shape))
     _train(ae, _data(shape), steps=2)
     assert ae.base.sample((3,)).shape == (3, *latent) and ae.sample(3, seed=0).shape == (3, *shape)
+    # the image defaults reach a map latent's resolution with as many levels as it takes
+    default = VAE(event_shape=shape, latent_shape=latent)
+    assert default.base.sample((2,)).shape == (2, *latent) and default.sample(2, seed=0).shape == (2, *shape)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)

@@ -81,6 +81,10 @@ def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder,
                 raise ValueError(f"{owner}: `{name}` configures the vector default (an MLP); image defaults take "
                                  f"`channels`")
         latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, image_latent)
+        if channels is None and len(latent) == 3 and latent[1] and event_shape[1] % latent[1] == 0:
+            # A map latent: as many levels as it takes to reach its resolution.
+            levels = max(1, (event_shape[1] // latent[1]).bit_length())
+            channels = tuple(min(32 * 2**i, 128) for i in range(levels))
         channels = default_channels(event_shape) if channels is None else channels
         return (latent, ConvEncoder(event_shape, latent, channels=channels, heads=heads),
                 ConvDecoder(latent, event_shape, channels=channels), True)
