@@ -145,6 +145,9 @@ def test_a_map_latent_is_kept_channel_first():
     ae = Autoencoder(event_shape=shape, encoder=Encoder(shape, latent), decoder=Decoder(latent, shape))
     _train(ae, _data(shape), steps=2)
     assert ae.base.sample((3,)).shape == (3, *latent) and ae.sample(3, seed=0).shape == (3, *shape)
+    # the image defaults reach a map latent's resolution with as many levels as it takes
+    default = VAE(event_shape=shape, latent_shape=latent)
+    assert default.base.sample((2,)).shape == (2, *latent) and default.sample(2, seed=0).shape == (2, *shape)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
@@ -328,7 +331,7 @@ def test_networks_and_options_are_checked_when_the_model_is_built():
     with pytest.raises(ValueError, match="`d_model` configures the default transformer"):
         Autoregressive(3, net=CausalConv(4), d_model=32)
     with pytest.raises(ValueError, match="divisible by 2"):
-        VAE(event_shape=(1, 7, 7))
+        VAE(event_shape=(1, 7, 7), channels=(16, 32))
 
 
 @pytest.mark.parametrize("family", [VAE, Autoencoder, GAN, VQVAE, Autoregressive], ids=lambda f: f.__name__)
@@ -376,6 +379,7 @@ def test_vqvae_sample_counts():
         model.sample(-1)
 
 
+@torch.no_grad()
 def test_autoregressive_log_prob_of_a_nan_row_is_nan():
     model = Autoregressive(2, net=CausalConv(4), bins=4, bounds=(0, 1))
     lp = model.log_prob(torch.tensor([[math.nan, 0.5], [0.2, 0.5], [0.2, 7.0]]))
@@ -383,3 +387,18 @@ def test_autoregressive_log_prob_of_a_nan_row_is_nan():
     tokens = Autoregressive(2, vocab_size=4, net=CausalConv(4))
     lp = tokens.log_prob(torch.tensor([[1.0, math.nan], [1.0, 2.0]]))
     assert math.isnan(lp[0]) and math.isfinite(lp[1])
+
+
+def test_digits_as_images_with_labels():
+    pytest.importorskip("sklearn")
+    from pyprobtf.data import digits
+
+    for split in ("train", "test"):
+        flat = digits(split, dequantize=True)
+        images, labels = digits(split, image=True, dequantize=True, labels=True)
+        assert images.shape == (flat.shape[0], 1, 8, 8) and torch.equal(images.reshape(-1, 64), flat)
+        assert labels.dtype == torch.int64 and labels.shape == (flat.shape[0],)
+        assert set(labels.tolist()) == set(range(10))
+    assert torch.equal(digits("all", image=True).reshape(-1, 64), digits("all"))
+    with pytest.raises(TypeError, match="`image` must be a bool"):
+        digits(image=1)

@@ -243,7 +243,8 @@ class LatentFamily(ProbabilityTransform):
             pass
         elif isinstance(base, ProbabilityTransform):
             if base.event_shape != self.latent_shape:
-                want = f"dim=latent_dim={self.latent_dim}" if vector else f"event_shape=latent_shape={self.latent_shape}"
+                want = (f"dim=latent_dim={self.latent_dim}" if vector else
+                        f"event_shape=latent_shape={self.latent_shape}")
                 got = f"dim={base.dim}" if vector and len(base.event_shape) == 1 else f"event_shape={base.event_shape}"
                 raise ValueError(f"{name}: `base` must have {want}; got a {type(base).__name__} with {got}")
             self.prior = base

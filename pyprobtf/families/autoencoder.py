@@ -54,7 +54,7 @@ class Autoencoder(LatentFamily):
         dim: data dimension (shorthand for ``event_shape=(dim,)``).
         event_shape: the shape of one sample: ``(d,)``, or ``(C, H, W)`` for images.
         encoder, decoder: your networks (both; see the module docstring), or None for the defaults.
-        latent_dim, latent_shape: the code's shape (default ``min(dim, 8)`` for vectors, ``(16,)`` for images;
+        latent_dim, latent_shape: the code's shape (default ``min(dim, 8)`` for vectors, ``(8,)`` for images;
             read off the encoder when you give networks and no shape).
         hidden, activation: the default vector encoder MLP's hidden widths (the decoder's are reversed).
         channels: the default image networks' channels per level (:class:`pyprobtf.nn.ConvEncoder`).
@@ -89,7 +89,7 @@ class Autoencoder(LatentFamily):
         shape = event_shape_of(name, dim, event_shape)
         latent_shape, encoder, decoder, _ = build_encoder_decoder(
             name, shape, latent_dim, latent_shape, encoder, decoder, hidden, activation, channels, heads=1,
-            hidden_default=(128, 128))
+            hidden_default=(128, 128), image_latent=(8,))
         super().__init__(None, latent_shape, event_shape=shape, normalize=normalize)
         self.denoising = check_choice(name, "denoising", denoising, DENOISING)
         high = 1.0 if denoising == "mask" else float("inf")

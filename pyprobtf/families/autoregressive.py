@@ -89,11 +89,12 @@ class Autoregressive(ProbabilityTransform):
         dim: number of coordinates (sequence length); shorthand for ``event_shape=(dim,)``.
         event_shape: the shape of one sample (an image ``(C, H, W)`` is read in row-major order).
         net: your causal network (see the module docstring), or None for the default transformer.
-        bins: bins per coordinate for continuous data (ignored with ``vocab_size``).
+        bins: bins per coordinate for continuous data (ignored with ``vocab_size``; default 64, 16 for images).
         vocab_size: for token data: the number of token values (data are integers in ``[0, vocab_size)``).
         bounds: continuous data: ``(low, high)`` for every coordinate; ``None`` fits them to the data
             (``initialize``, with a margin of ``margin`` times the range on each side).
-        d_model, layers, heads: the default transformer's width, depth and attention heads (64, 2, 4).
+        d_model, layers, heads: the default transformer's width, depth and attention heads (64, 2, 4; images:
+            ``d_model=32``, and ``fit_defaults`` batches of 64).
         dropout: dropout in the default transformer's blocks while training (a regulariser for small data sets).
         temperature, top_k, top_p, min_p: the sampling options (see :func:`pyprobtf.ops.sample_logits`).
 
@@ -113,14 +114,21 @@ class Autoregressive(ProbabilityTransform):
     #: the keyword options transform/sample/log_prob take (what Tempered passes on)
     sampling_options = SAMPLING_OPTIONS
 
-    def __init__(self, dim: int | None = None, *, event_shape=None, net: nn.Module | None = None, bins: int = 64,
+    def __init__(self, dim: int | None = None, *, event_shape=None, net: nn.Module | None = None,
+                 bins: int | None = None,
                  vocab_size: int | None = None, bounds=None, margin: float = 0.05, d_model: int | None = None,
                  layers: int | None = None, heads: int | None = None, dropout: float | None = None,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0):
         super().__init__(dim, event_shape=event_shape)
         name = type(self).__name__
         self.tokens_mode = vocab_size is not None
+        image = len(self.event_shape) == 3
+        if bins is None:
+            bins = 16 if image else 64
         self.vocab = check_int(name, "vocab_size", vocab_size) if self.tokens_mode else check_int(name, "bins", bins)
+        if image:
+            # Images are long sequences: smaller batches, and a narrower default transformer, keep steps cheap.
+            self.fit_defaults = {**type(self).fit_defaults, "batch_size": 64}
         self.margin = check_real(name, "margin", margin)
         self.sampling = self._check_sampling(name, {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                                                     "min_p": min_p})
@@ -132,9 +140,9 @@ class Autoregressive(ProbabilityTransform):
                                      f"your own `net`")
             self.net = net
         else:
-            d_model, layers, heads = (check_int(name, k, 64 if v is None else v) if k == "d_model" else
-                                      check_int(name, k, {"layers": 2, "heads": 4}[k] if v is None else v)
-                                      for k, v in (("d_model", d_model), ("layers", layers), ("heads", heads)))
+            defaults = {"d_model": 32 if image else 64, "layers": 2, "heads": 4}
+            d_model, layers, heads = (check_int(name, k, defaults[k] if options[k] is None else options[k])
+                                      for k in ("d_model", "layers", "heads"))
             if d_model % heads:
                 raise ValueError(f"{name}: `d_model` must be a multiple of `heads`; got {d_model} and {heads}")
             dropout = check_real(name, "dropout", 0.0 if dropout is None else dropout, 0.0, 1.0, high_open=True)

@@ -55,7 +55,7 @@ def _gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tenso
 
 
 def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder, decoder, hidden, activation,
-                          channels, *, heads: int, hidden_default, vector_cap: int = 8):
+                          channels, *, heads: int, hidden_default, vector_cap: int = 8, image_latent=IMAGE_LATENT):
     """``(latent_shape, encoder, decoder, defaults)``: the user's networks (both or neither), else the defaults:
     an MLP pair for vectors, a :class:`~pyprobtf.nn.ConvEncoder`/:class:`~pyprobtf.nn.ConvDecoder` pair for images.
     With the user's networks and no latent shape given, the latent shape is read off one call of the encoder."""
@@ -80,7 +80,11 @@ def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder,
             if value is not None:
                 raise ValueError(f"{owner}: `{name}` configures the vector default (an MLP); image defaults take "
                                  f"`channels`")
-        latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, IMAGE_LATENT)
+        latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, image_latent)
+        if channels is None and len(latent) == 3 and latent[1] and event_shape[1] % latent[1] == 0:
+            # A map latent: as many levels as it takes to reach its resolution.
+            levels = max(1, (event_shape[1] // latent[1]).bit_length())
+            channels = tuple(min(32 * 2**i, 128) for i in range(levels))
         channels = default_channels(event_shape) if channels is None else channels
         return (latent, ConvEncoder(event_shape, latent, channels=channels, heads=heads),
                 ConvDecoder(latent, event_shape, channels=channels), True)
@@ -145,17 +149,25 @@ class VAE(LatentFamily):
         name = type(self).__name__
         check_choice(name, "prior", prior, PRIORS)
         shape = event_shape_of(name, dim, event_shape)
-        latent_shape, encoder, decoder, self_built = build_encoder_decoder(
-            name, shape, latent_dim, latent_shape, encoder, decoder, hidden, activation, channels, heads=2,
-            hidden_default=(128, 128, 128))
-        if prior == "realnvp":
+
+        def realnvp_prior(latent):
             if base is not None:
                 raise ValueError(f"{name}: give `prior='realnvp'` or `base`, not both")
             from pyprobtf.families.realnvp import RealNVP
 
-            if len(latent_shape) != 1:
-                raise ValueError(f"{name}: `prior='realnvp'` needs a vector latent; got latent_shape={latent_shape}")
-            base = RealNVP(dim=latent_shape[0], layers=prior_layers, hidden=prior_hidden)
+            if len(latent) != 1:
+                raise ValueError(f"{name}: `prior='realnvp'` needs a vector latent; got latent_shape={latent}")
+            return RealNVP(dim=latent[0], layers=prior_layers, hidden=prior_hidden)
+
+        if prior == "realnvp" and encoder is None and decoder is None:
+            # The prior first, then the default networks (the order their initial weights are drawn in).
+            default = IMAGE_LATENT if is_image(shape) else (default_latent_dim(math.prod(shape), None, 8),)
+            base = realnvp_prior(resolve_latent_shape(name, shape, latent_dim, latent_shape, default))
+        latent_shape, encoder, decoder, self_built = build_encoder_decoder(
+            name, shape, latent_dim, latent_shape, encoder, decoder, hidden, activation, channels, heads=2,
+            hidden_default=(128, 128, 128))
+        if prior == "realnvp" and not self_built:
+            base = realnvp_prior(latent_shape)
         super().__init__(None, latent_shape, event_shape=shape, base=base, normalize=normalize)
         self.beta = check_real(name, "beta", beta)
         self.n_samples = check_int(name, "n_samples", n_samples)

@@ -65,7 +65,8 @@ def _vector_quantizer():
     try:
         from pyprobtf.nn import VectorQuantizer
     except ImportError as exc:  # until the quantizer (issue 4) is part of this build
-        raise ImportError("VQVAE needs pyprobtf.nn.VectorQuantizer, which this build of pyprobtf does not have") from exc
+        raise ImportError("VQVAE needs pyprobtf.nn.VectorQuantizer, which this build of pyprobtf does not "
+                          "have") from exc
     return VectorQuantizer
 
 
@@ -87,7 +88,8 @@ class VQVAE(LatentFamily):
             (:class:`pyprobtf.nn.VectorQuantizer`).
         prior: ``"autoregressive"`` (a causal transformer over the ``slots`` indices, trained jointly)
             or ``"uniform"``.
-        prior_d_model, prior_layers, prior_heads: the autoregressive prior's transformer.
+        prior_d_model, prior_layers, prior_heads: the autoregressive prior's transformer (``prior_d_model``:
+            64 for vectors, 32 for images).
         normalize: standardise the data (per feature, or per channel for images; fitted by ``initialize``).
 
     Example:
@@ -112,7 +114,8 @@ class VQVAE(LatentFamily):
                  decoder: nn.Module | None = None, slots: int | None = None, code_dim: int | None = None,
                  num_codes: int = 64, hidden=None, activation: str | None = None, channels=None, beta: float = 0.25,
                  ema: bool = True, decay: float = 0.95, kmeans_init: bool = True, dead_code_threshold: float = 1.0,
-                 prior: str = "autoregressive", prior_d_model: int = 64, prior_layers: int = 2, prior_heads: int = 4,
+                 prior: str = "autoregressive", prior_d_model: int | None = None, prior_layers: int = 2,
+                 prior_heads: int = 4,
                  normalize: bool = True):
         name = type(self).__name__
         shape = event_shape_of(name, dim, event_shape)
@@ -173,6 +176,8 @@ class VQVAE(LatentFamily):
         self.encoder, self.decoder = encoder, decoder
         self.vq = _vector_quantizer()(self.num_codes, self.code_dim, beta=float(beta), ema=ema, decay=float(decay),
                                       kmeans_init=kmeans_init, dead_code_threshold=float(dead_code_threshold))
+        if prior_d_model is None:
+            prior_d_model = 32 if is_image(shape) else 64
         self.code_prior = (Autoregressive(self.slots, vocab_size=self.num_codes, d_model=prior_d_model,
                                           layers=prior_layers, heads=prior_heads)
                            if prior == "autoregressive" else None)
