@@ -33,7 +33,7 @@ from pyprobtf.data import digits  # noqa: E402
 from pyprobtf.images import image_grid, write_png  # noqa: E402
 from pyprobtf.metrics import digits_classes, digits_score  # noqa: E402
 
-NAME = "digits-continuous-cpu"
+NAME = "digits-continuous"
 SHAPE = (1, 8, 8)
 FAMILIES = {
     "FlowMatching": lambda: fam.FlowMatching(event_shape=SHAPE),
