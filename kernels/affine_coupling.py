@@ -39,14 +39,25 @@ def _softplus(z):
     return tl.where(z > 0, z, 0.0) + l1p
 
 
+# nflows' floor on the multiplier: sigmoid(a + 2) + SIGMOID_EPS.
+SIGMOID_EPS: tl.constexpr = 1e-3
+
+
 @triton.jit
 def _log_multiplier(a, clamp, SCALE_FN: tl.constexpr):
+    # SCALE_FN numbers: pyprobtf.ops.affine_coupling.SCALE_FNS.
     if SCALE_FN == 0:
         s = a
     elif SCALE_FN == 1:
         s = clamp * _tanh(a / clamp)
-    else:
+    elif SCALE_FN == 2:
         s = -_softplus(-(a + 2.0))
+    elif SCALE_FN == 3:
+        s = a / (1.0 + tl.abs(a) / clamp)
+    elif SCALE_FN == 4:
+        s = tl.log(1.0 / (1.0 + tl.exp(-(a + 2.0))) + SIGMOID_EPS)
+    else:
+        s = _softplus(-(a + 2.0))
     return s
 
 
@@ -57,8 +68,17 @@ def _dlog_multiplier(a, s, clamp, SCALE_FN: tl.constexpr):
     elif SCALE_FN == 1:
         t = s / clamp
         d = 1.0 - t * t
-    else:
+    elif SCALE_FN == 2:
         d = tl.exp(s - (a + 2.0))  # 1 - sigmoid(a + 2)
+    elif SCALE_FN == 3:
+        q = 1.0 + tl.abs(a) / clamp
+        d = 1.0 / (q * q)
+    elif SCALE_FN == 4:
+        sig = 1.0 / (1.0 + tl.exp(-(a + 2.0)))
+        sig_neg = 1.0 / (1.0 + tl.exp(a + 2.0))  # 1 - sig without cancellation
+        d = sig * sig_neg / (sig + SIGMOID_EPS)
+    else:
+        d = -tl.exp(-s - (a + 2.0))  # -(1 - sigmoid(a + 2))
     return d
 
 

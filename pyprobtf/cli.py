@@ -4,6 +4,8 @@
                                                            train, measure and draw every family
     pyprobtf check [OP ...] [--device cpu|cuda|all] [--dtype D]   verify every backend of this install
     pyprobtf bench [NAME ...] [--device D] [--quick] [--out DIR]   run the op benchmarks
+    pyprobtf verify MODULE:OBJECT [--dim D] [--dtype float64] [--step ode|sde --order P]
+                                                           check a flow, distribution, transform or sampler
 
 User errors (unknown names, unwritable folders, a device that is not there)
 print one line and exit with status 2, never a traceback.
@@ -37,10 +39,41 @@ def _device_list(device: str) -> list[str]:
 # ----------------------------------------------------------------------------- zoo
 
 
+def _zoo_settings(args) -> tuple[list[str] | None, int]:
+    """(family names or None for the default set, the seed as a signed 64-bit int); UsageError otherwise."""
+    import math
+
+    from pyprobtf import seeds
+
+    families = None
+    if args.families is not None:
+        families = [f.strip() for f in args.families.split(",") if f.strip()]
+        if not families:
+            raise UsageError(f"--families must name at least one family; got {args.families!r}")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1; got {args.steps}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UsageError(f"--seconds must be a positive finite number; got {args.seconds}")
+    try:
+        seed = seeds.signed_int64(seeds.check_seed(args.seed, "--seed", "seed"))
+    except ValueError:
+        raise UsageError(f"--seed must be an integer in [-2^63, 2^64); got {args.seed}") from None
+    return families, seed
+
+
+def _one_line_error(parser: argparse.ArgumentParser):
+    """A parser's `error` that prints one line (no usage block) and exits with status 2."""
+
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    return error
+
+
 def cmd_zoo(args) -> int:
     from pyprobtf import zoo
 
-    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    families, seed = _zoo_settings(args)
     try:
         families = zoo.check_arguments(args.dataset, families)
     except ValueError as exc:
@@ -51,13 +84,9 @@ def cmd_zoo(args) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("drawing zoo.png needs matplotlib: pip install 'pyprobtf[viz]'") from None
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1; got {args.steps}")
-    if args.seconds <= 0:
-        raise UsageError(f"--seconds must be positive; got {args.seconds}")
     print(f"pyprobtf zoo: {len(families)} families on {args.dataset}, {args.seconds:g} s of training each"
           + (f" (at most {args.steps} steps)" if args.steps else "") + f", device {device}", flush=True)
-    report = zoo.run_zoo(args.dataset, families=families, steps=args.steps, seconds=args.seconds, seed=args.seed,
+    report = zoo.run_zoo(args.dataset, families=families, steps=args.steps, seconds=args.seconds, seed=seed,
                          device=device, out=out, progress=not args.quiet)
     print()
     print(report.table)
@@ -141,6 +170,102 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- verify
+
+
+def _load_object(spec: str):
+    """``MODULE:OBJECT`` (a dotted module or a path to a .py file; OBJECT may be dotted) -> the object."""
+    import importlib.util
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"the object must be given as MODULE:OBJECT (e.g. my_flows:flow); got {spec!r}")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise UsageError(f"no such file {module_name!r}")
+        sys.path.insert(0, str(path.resolve().parent))
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's module failed to import: say why, in one line
+            raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_factory(obj) -> bool:
+    """A class, or a function that needs no argument: called to build the object to check."""
+    import inspect
+
+    if inspect.isclass(obj):
+        return True
+    if inspect.isfunction(obj):
+        params = inspect.signature(obj).parameters.values()
+        return all(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                   for p in params)
+    return False
+
+
+def cmd_verify(args) -> int:
+    import torch
+
+    from pyprobtf.testing import verification as checks
+
+    obj = _load_object(args.object)
+    if args.dim is not None and args.dim < 1:
+        raise UsageError(f"--dim must be a positive int; got {args.dim}")
+    names = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
+    if names and any(c not in checks.CHECKS for c in names):
+        raise UsageError(f"--checks: choose from {', '.join(checks.CHECKS)}; got {args.checks!r}")
+    if args.step is None and _is_factory(obj):
+        try:
+            obj = obj()
+        except Exception as exc:  # noqa: BLE001 - the user's factory failed: say why, in one line
+            raise UsageError(f"calling the factory {args.object} failed: {type(exc).__name__}: {exc}") from None
+    print(f"pyprobtf verify {args.object}: {type(obj).__name__}", flush=True)
+    if args.step is not None:
+        order = args.order if args.order is not None else getattr(obj, "order", None)
+        if order is None:
+            raise UsageError("--step needs the claimed order: --order P (or an `order` attribute on the step)")
+        if not callable(obj):
+            raise UsageError(f"--step: {args.object} is not callable (a {type(obj).__name__})")
+        found = [checks.verify_ode_order(obj, order)] if args.step == "ode" else \
+            [checks.verify_sde_weak_order(obj, order, seed=args.seed),
+             checks.verify_sde_stationary(obj, order, seed=args.seed)]
+        report = checks.Report(found[0].interface, found)
+    else:
+        try:
+            checks.as_subject(obj, dim=args.dim)  # an unusable object is a usage error, not a failed check
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        report = checks.verify(obj, dim=args.dim, dtype=getattr(torch, args.dtype), seed=args.seed, checks=names,
+                               rtol=args.rtol, ladj_rtol=args.ladj_rtol)
+    print(f"interface: {report.interface}\n")
+    print(report.table())
+    ran = [r for r in report.results if r.passed is not None]
+    failed = report.failed
+    print(f"\n{len(ran) - len(failed)} of {len(ran)} checks passed"
+          + (f", {len(failed)} FAILED" if failed else "")
+          + (f" ({len(report.results) - len(ran)} not applicable)" if len(ran) < len(report.results) else ""))
+    for r in failed:
+        print(f"  {r.message()}")
+    return 1 if failed else 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -163,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--out", default=".", help="folder for zoo.png and results.json (default: here)")
     zoo.add_argument("--quiet", action="store_true", help="no progress bars")
     zoo.set_defaults(run=cmd_zoo)
+    zoo.error = _one_line_error(zoo)
 
     check = sub.add_parser("check", help="check every available backend of every op against its reference")
     check.add_argument("ops", nargs="*", metavar="OP", help="ops to check (default: all)")
@@ -179,6 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="few cases, short timings")
     bench.add_argument("--out", default=None, help="results folder (default: benchmarks/results in the source tree)")
     bench.set_defaults(run=cmd_bench)
+
+    ver = sub.add_parser("verify", help="check a flow, distribution, transform or sampler from any library "
+                         "(zuko, nflows, normflows, torch.distributions, pyprobtf, a callable)")
+    ver.add_argument("object", metavar="MODULE:OBJECT",
+                     help="the object, or a class or function without arguments that builds it; MODULE may be a "
+                          "dotted name (importable from here) or a path to a .py file")
+    ver.add_argument("--dim", type=int, default=None, help="input size, for transforms and callables")
+    ver.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                     help="cast a copy of the object to this dtype first (default: float64)")
+    ver.add_argument("--seed", type=int, default=0, help="seed of every random draw of the checks")
+    ver.add_argument("--checks", default=None, help="comma-separated subset of the checks (default: all)")
+    ver.add_argument("--rtol", type=float, default=None, help="invertibility tolerance (default: 1e-7 in float64)")
+    ver.add_argument("--ladj-rtol", type=float, default=None,
+                     help="log-determinant tolerance (default: 1e-6 in float64)")
+    ver.add_argument("--step", choices=["ode", "sde"], default=None,
+                     help="OBJECT is a solver step: ode: step(field, x, t, t_next); sde: step(drift, diffusion, "
+                          "x, t, t_next, seed=)")
+    ver.add_argument("--order", type=float, default=None, help="the step's claimed (weak) order")
+    ver.set_defaults(run=cmd_verify)
     return parser
 
 

@@ -139,13 +139,17 @@ DIGITS_SHAPE = (8, 8)
 DIGITS_SPLITS = ("train", "test", "all")
 
 
-def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0,
-           dequantize: bool = False) -> torch.Tensor:
+def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0, dequantize: bool = False,
+           image: bool = False, labels: bool = False):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images) as ``(n, 64)`` float32 in ``[0, 1]``.
 
     Pixels are the data set's 17 grey levels divided by 16, row-major (``x.reshape(-1, 8, 8)``
     gives the images). ``split``: ``"train"``, ``"test"`` (a fixed ``test_fraction`` of the
     images, chosen by ``seed``) or ``"all"``. Needs scikit-learn (``pip install 'pyprobtf[digits]'``).
+
+    ``image=True`` gives the images as ``(n, 1, 8, 8)`` (one channel), the same values.
+    ``labels=True`` returns ``(x, y)`` with ``y`` the int64 ``(n,)`` digit classes (0-9) of the same rows,
+    for conditioning (``num_classes=10``).
 
     ``dequantize=True`` gives ``(level + u) / 17`` with ``u ~ U[0, 1)`` (a fixed draw, seeded by
     ``seed`` and the split): data with a continuous density on ``[0, 1]^64``, so that densities are
@@ -164,15 +168,23 @@ def digits(split: str = "train", *, test_fraction: float = 0.2, seed: int = 0,
     except ImportError as exc:
         raise ImportError("pyprobtf.data.digits needs scikit-learn: pip install 'pyprobtf[digits]' "
                           "(after torch)") from exc
-    if not isinstance(dequantize, bool):
-        raise TypeError(f"digits: `dequantize` must be a bool; got {type(dequantize).__name__}")
-    levels = torch.as_tensor(load_digits().data, dtype=torch.float32)
+    for name, value in (("dequantize", dequantize), ("image", image), ("labels", labels)):
+        if not isinstance(value, bool):
+            raise TypeError(f"digits: `{name}` must be a bool; got {type(value).__name__}")
+    bunch = load_digits()
+    levels = torch.as_tensor(bunch.data, dtype=torch.float32)
+    classes = torch.as_tensor(bunch.target, dtype=torch.int64)
     if split != "all":
         order = torch.randperm(levels.shape[0], generator=torch.Generator().manual_seed(int(seed)))
         n_test = int(round(test_fraction * levels.shape[0]))
-        levels = levels[order[:n_test]] if split == "test" else levels[order[n_test:]]
+        rows = order[:n_test] if split == "test" else order[n_test:]
+        levels, classes = levels[rows], classes[rows]
     if not dequantize:
-        return levels / 16.0
-    draw = torch.Generator().manual_seed(int(seed) * len(DIGITS_SPLITS) + DIGITS_SPLITS.index(split))
-    noise = torch.rand(levels.shape, generator=draw)
-    return (levels + noise) / 17.0
+        x = levels / 16.0
+    else:
+        draw = torch.Generator().manual_seed(int(seed) * len(DIGITS_SPLITS) + DIGITS_SPLITS.index(split))
+        noise = torch.rand(levels.shape, generator=draw)
+        x = (levels + noise) / 17.0
+    if image:
+        x = x.reshape(-1, 1, *DIGITS_SHAPE)
+    return (x, classes) if labels else x

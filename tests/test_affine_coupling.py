@@ -22,7 +22,7 @@ from pyprobtf.ops._backends import triton_interpreting
 from pyprobtf.testing.ops import check_affine_coupling_backward, check_affine_coupling_forward
 from pyprobtf.testing import DTYPES, LAYOUTS, batch_shapes, make_tensor
 
-SCALE_FNS = ("exp", "softclamp", "sigmoid")
+SCALE_FNS = ("exp", "softclamp", "sigmoid", "softclip", "sigmoid_eps", "inv_sigmoid")
 CPU_BACKENDS = ["reference", "cpp"]
 GPU_BACKENDS = ["reference", "cuda", "triton"]
 HAS_CUDA = torch.cuda.is_available()
@@ -116,6 +116,16 @@ def test_triton_forward_matches_reference(c):
 @given(c=triton_case)
 def test_triton_backward_matches_reference(c):
     check_backward("triton", triton_device(), **c)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("scale_fn", SCALE_FNS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_every_scale_fn(scale_fn, dtype):
+    for inverse in (False, True):
+        check_forward("triton", triton_device(), dtype, (3, 5), ["contiguous", "sliced", "contiguous"], scale_fn, 1.5,
+                      inverse)
+        check_backward("triton", triton_device(), dtype, (3, 5), ["contiguous"] * 3, scale_fn, 1.5, inverse)
 
 
 @pytest.mark.triton
@@ -321,7 +331,9 @@ def test_bad_tensors(make, error, match):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"scale_fn": "tanh"}, ValueError, r"`scale_fn` must be one of \('exp', 'softclamp', 'sigmoid'\); got 'tanh'"),
+        ({"scale_fn": "tanh"}, ValueError,
+         r"`scale_fn` must be one of \('exp', 'softclamp', 'sigmoid', 'softclip', 'sigmoid_eps', 'inv_sigmoid'\); "
+         r"got 'tanh'"),
         ({"clamp": 0.0}, ValueError, r"`clamp` must be positive and finite; got 0.0"),
         ({"clamp": -1}, ValueError, r"`clamp` must be positive and finite; got -1.0"),
         ({"clamp": math.inf}, ValueError, r"`clamp` must be positive and finite; got inf"),

@@ -81,7 +81,7 @@ def test_ar_filtered_density_is_normalised_and_is_what_sample_draws():
         assert torch.isfinite(model.log_prob(x, **options)).all()
         tokens, _ = model.tokenize(x)
         first = torch.bincount(tokens[:, 0], minlength=8).double() / x.shape[0]
-        lp = model._log_probs(model.net(tokens[:1, :0])[:, -1].double(), model._options("t", options))
+        lp = model._log_probs(model.next_logits(tokens[:1, :0])[:, -1].double(), model._options("t", options))
         assert torch.allclose(first, lp.exp().squeeze(0), atol=0.012)
 
 
@@ -99,7 +99,7 @@ def test_ar_sampling_is_batch_invariant_and_is_sample_logits_with_per_row_seeds(
     drawn = torch.zeros(n, 2, dtype=torch.long)
     with torch.no_grad():
         for j in range(2):
-            logits = model.net(drawn[:, :j])[:, -1].double()
+            logits = model.next_logits(drawn[:, :j])[:, -1].double()
             drawn[:, j] = pyprobtf.ops.sample_logits(logits, seed=torch.full((n,), 11),
                                                      offset=torch.arange(n) * 2 + j)
     assert torch.equal(drawn, tokens)

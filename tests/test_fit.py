@@ -21,6 +21,16 @@ from pyprobtf.training import load_checkpoint, step_seed
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one thread: the networks here are small, and on a shared 2-core machine a second OpenMP thread
+    made these tests several times slower (oversubscription), not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_realnvp():
     return RealNVP(dim=2, layers=4, hidden=(32, 32))
 
@@ -162,10 +172,11 @@ def test_divergence_is_reported_with_its_step():
 @pytest.mark.parametrize(
     "data, match",
     [
-        (torch.randn(100, 3), r"`data` must have shape \(n_samples, 2\) for RealNVP\(dim=2\); got \(100, 3\)"),
+        (torch.randn(100, 3), r"`data` must have shape \(n_samples, 2\) for RealNVP \(event_shape=\(2,\)\); "
+                              r"got \(100, 3\)"),
         (torch.randn(100), r"`data` must have shape \(n_samples, 2\).*got \(100,\)"),
         (torch.randn(0, 2), r"got \(0, 2\)"),
-        ((torch.randn(10, 2), torch.randn(10, 1)), r"must be a tensor x for RealNVP\(context_dim=0\); got 2 tensors"),
+        ((torch.randn(10, 2), torch.randn(10, 1), torch.randn(10, 1)), r"x or \(x, context\); got 3"),
     ],
 )
 def test_wrong_data_is_refused(data, match):
@@ -177,7 +188,7 @@ def test_bad_options_are_refused():
     data = toy("moons", 100)
     with pytest.raises(TypeError, match="unknown option"):
         fit(small_realnvp(), data, steps=1, progress=False, learning_rate=1e-3)
-    with pytest.raises(ValueError, match="`steps` must be an int >= 0"):
+    with pytest.raises(ValueError, match="`steps` must be an int >= 0; got -1"):
         fit(small_realnvp(), data, steps=-1, progress=False)
     with pytest.raises(ValueError, match="`max_seconds` must be a positive number"):
         fit(small_realnvp(), data, steps=1, max_seconds=0, progress=False)
@@ -191,6 +202,9 @@ def test_conditional_data_and_numpy_input():
     fit(model, (x.numpy(), torch.randn(300, 1)), steps=3, batch_size=16, progress=False)
     with pytest.raises(ValueError, match="as many rows"):
         fit(model, (x, torch.randn(299, 1)), steps=1, progress=False)
+    # Beyond the row count, fit leaves the context to the model's loss, which names the problem.
+    with pytest.raises(ValueError, match=r"FlowMatching\.(initialize|loss): `context` .* is required"):
+        fit(model, x, steps=1, progress=False)
 
 
 def test_progress_bar_draws_loss_and_finishes(monkeypatch):
@@ -199,6 +213,19 @@ def test_progress_bar_draws_loss_and_finishes(monkeypatch):
     fit(small_realnvp(), toy("moons", 500), steps=20, batch_size=32, progress=True)
     text = buffer.getvalue()
     assert "fit RealNVP" in text and "20/20" in text and "loss" in text and "stopped steps" in text
+
+
+def test_progress_bar_projects_the_total_under_a_time_budget():
+    from pyprobtf._progress import ProgressBar
+
+    buffer = io.StringIO()
+    bar = ProgressBar(10**6, "fit X", file=buffer)
+    bar.update(10, fraction=0.5, loss=1.5)  # half the time budget used after 10 steps: about 20 in all
+    assert bar._bar.total == 20
+    bar.close(15, fraction=1.0, loss=1.25, stopped="time")
+    text = buffer.getvalue()
+    assert "15/15" in text and "loss 1.25 stopped time" in text and "100%" in text
+    ProgressBar(5, enabled=False).close(5)  # a disabled bar draws nothing and needs nothing
 
 
 def test_num_threads_is_restored():
@@ -226,6 +253,15 @@ def test_distributed_training_keeps_both_ranks_identical(tmp_path):
         assert states_equal(r0[name]["state"], r1[name]["state"]), name
         # The ranks drew different batches: their losses differ, their weights do not.
         assert r0[name]["history"] != r1[name]["history"]
+    for name in ("dataset", "dataloader"):
+        assert r0[name]["steps"] == r1[name]["steps"] and states_equal(r0[name]["state"], r1[name]["state"]), name
+        assert r0[name]["history"] != r1[name]["history"], name
+    # fit shards a Dataset: in its first epoch the two processes read disjoint items (the data-dependent
+    # initialisation reads first: 512 items drawn with replacement; then 4 steps x 2 micro-batches x 32).
+    read0, read1 = r0["dataset"]["read"][-256:], r1["dataset"]["read"][-256:]
+    assert len(set(read0)) == len(set(read1)) == 256 and not set(read0) & set(read1)
+    # fit called set_epoch on the user's DistributedSampler at the second pass (8 batches each).
+    assert r0["dataloader"]["epoch"] == r1["dataloader"]["epoch"] == 1
     # The data-dependent initialisation was broadcast from rank 0 too (sigma_data is a buffer).
     assert torch.equal(r0["diffusion"]["state"]["sigma_data"], r1["diffusion"]["state"]["sigma_data"])
     # ... and the weights moved away from rank 1's own initial ones.

@@ -5,6 +5,8 @@ perplexity, bad input."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -254,3 +256,88 @@ def test_bad_options(kwargs, match):
     args = {"num_codes": 4, "dim": 2} | kwargs
     with pytest.raises(ValueError, match=match):
         VectorQuantizer(args.pop("num_codes"), args.pop("dim"), **args)
+
+
+# ----------------------------------------------------------------------------- bad input and data parallel
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("config", [dict(kmeans_init=True), dict(ema=True), dict(dead_code_threshold=1.0)])
+def test_non_finite_training_batch_is_refused_before_it_touches_the_codebook(value, config):
+    vq = VectorQuantizer(4, 3, **config)
+    if not config.get("kmeans_init"):
+        vq(torch.randn(32, 3))
+    state = {k: v.clone() for k, v in vq.state_dict().items()}
+    z = torch.randn(32, 3)
+    z[7, 1] = value
+    with pytest.raises(ValueError, match=r"VectorQuantizer: `z` must be finite in training .* got 1 NaN or infinite"):
+        vq(z)
+    for k, v in vq.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    vq(torch.randn(32, 3))  # a later good batch trains on
+    assert vq.codebook.isfinite().all()
+
+
+def test_non_finite_input_propagates_in_eval():
+    vq = VectorQuantizer(4, 3, ema=True).eval()
+    z = torch.randn(5, 3)
+    z[2, 0] = math.nan
+    z_q, indices, _ = vq(z)
+    assert indices.shape == (5,) and vq.codebook.isfinite().all()
+    torch.testing.assert_close(z_q[[0, 1, 3, 4]], vq.embed(indices[[0, 1, 3, 4]]))
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_kmeans_init_on_huge_finite_inputs(ema):
+    vq = VectorQuantizer(4, 3, kmeans_init=True, ema=ema)
+    z = torch.randn(64, 3)
+    z[:8] *= 1e38  # squared distances overflow float32
+    vq(z)
+    assert vq.codebook.isfinite().all()
+    assert vq.codebook.abs().max() > 1e36  # a huge cluster got a code of its own
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_codebook_stays_in_sync_across_two_gloo_ranks(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("_ddp_vq_worker.py")
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(worker), str(tmp_path)], env=dict(env, RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+
+    # k-means on both ranks' batches and all-reduced EMA statistics: one codebook, the one a
+    # single process gets from the two batches together (rank 0's RNG draws the k-means++ seeds).
+    assert torch.equal(r0["ema"], r1["ema"])
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_ddp_vq_worker", worker)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    single = VectorQuantizer(8, 3, ema=True, kmeans_init=True, decay=0.9)
+    for z0, z1 in zip(module.batches(0, 5), module.batches(1, 5)):
+        single(torch.cat([z0, z1]))
+    torch.testing.assert_close(r0["ema"], single.codebook, rtol=1e-5, atol=1e-5)
+
+    # Dead-code replacement: the same codes replaced by the same rows on both ranks.
+    assert r0["replaced"] > 0 and r0["replaced"] == r1["replaced"]
+    assert torch.equal(r0["dead"], r1["dead"]) and torch.equal(r0["usage"], r1["usage"])
+
+    # A NaN on rank 1 alone: both ranks refuse the batch (no rank left waiting), nothing changes.
+    assert r0["refused"] and r1["refused"] and r0["unchanged"] and r1["unchanged"]

@@ -515,3 +515,62 @@ def test_runs_concurrently_from_threads():
         t.join()
     for (gi, gd), (wi, wd) in zip(got, want):
         assert torch.equal(gi, wi) and torch.equal(gd, wd)
+
+
+# ----------------------------------------------------------------------------- overflow: one order-free rule
+
+
+def _overflow_cases():
+    big, inf = 1e308, math.inf
+    return [
+        # (x row, codebook rows, metric, expected float64 distances by the rule)
+        ([big, big, big], [[1.0, 1.0, -1.0], [0.0, 0.0, 0.0]], "dot", [-big, -0.0]),  # a partial sum overflows
+        ([1e200, 1e200], [[1e200, -1e200], [1.0, 1.0]], "dot", [math.nan, -2e200]),  # +inf and -inf products
+        ([inf, -big, -big], [[1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]], "dot", [-inf, inf]),  # inf dominates finite overflow
+        ([inf, 1.0], [[0.0, 1.0], [1.0, 0.0]], "dot", [math.nan, -inf]),  # inf * 0 is NaN
+        ([big], [[1.0], [-1.0]], "cosine", [1.0, 1.0]),  # |x| = sqrt(inf) = inf
+        ([1e200, 1.0], [[1e200, 1.0], [1.0, 1.0]], "l2", [math.nan, math.inf]),  # inf - inf is NaN
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_overflow_cases())))
+def test_reference_follows_the_overflow_rule(case):
+    x, codebook, metric, want = _overflow_cases()[case]
+    x, codebook = torch.tensor([x], dtype=torch.float64), torch.tensor(codebook, dtype=torch.float64)
+    got = reference.vq_distances(x, codebook, metric)[0]
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), equal_nan=True, rtol=1e-15, atol=0)
+
+
+_edge_values = st.sampled_from([1e308, -1e308, 1e200, -1e200, 1e160, -1e160, 3e38, 1.0, -1.0, 0.0,
+                                math.inf, -math.inf, math.nan])
+
+
+@st.composite
+def _edge_inputs(draw):
+    dim = draw(st.integers(1, 11))
+    n, codes = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    x = [[draw(_edge_values) for _ in range(dim)] for _ in range(n)]
+    codebook = [[draw(_edge_values) for _ in range(dim)] for _ in range(codes)]
+    return torch.tensor(x), torch.tensor(codebook)
+
+
+def _assert_same_on(backend, device, x, codebook, metric, dtype):
+    x, codebook = x.to(device=device, dtype=dtype), codebook.to(device=device, dtype=dtype)
+    k = codebook.shape[0]
+    want_i, want_d = vq_nearest(x, codebook, metric=metric, k=k, backend="reference")
+    got_i, got_d = vq_nearest(x, codebook, metric=metric, k=k, backend=backend)
+    assert torch.equal(got_i.cpu(), want_i.cpu())
+    torch.testing.assert_close(got_d.cpu(), want_d.cpu(), equal_nan=True, rtol=0, atol=0)
+
+
+@given(inputs=_edge_inputs(), metric=st.sampled_from(["l2", "cosine", "dot"]),
+       dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_cpp_equals_the_reference_on_nan_inf_and_overflow(inputs, metric, dtype):
+    _assert_same_on("cpp", "cpu", *inputs, metric, dtype)
+
+
+@pytest.mark.triton
+@settings(max_examples=15)
+@given(inputs=_edge_inputs(), metric=st.sampled_from(["l2", "cosine", "dot"]))
+def test_triton_equals_the_reference_on_nan_inf_and_overflow(inputs, metric):
+    _assert_same_on("triton", triton_device(), *inputs, metric, torch.float32)

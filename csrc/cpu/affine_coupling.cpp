@@ -11,6 +11,8 @@ namespace {
 
 struct CpuMath {
   template <typename C> static PTF_HD C exp(C x) { return cpu::exp(x); }
+  static PTF_HD float log(float x) { return cpu::log(x); }
+  static PTF_HD double log(double x) { return std::log(x); }
   template <typename C> static PTF_HD C tanh(C x) { return cpu::tanh(x); }
   template <typename C> static PTF_HD C softplus(C x) { return cpu::softplus(x); }
 };
@@ -223,6 +225,9 @@ void dispatch(const Args& a, bool contiguous, int num_threads) {
       case ScaleFn::Exp: with_fn(std::integral_constant<ScaleFn, ScaleFn::Exp>{}); break;
       case ScaleFn::SoftClamp: with_fn(std::integral_constant<ScaleFn, ScaleFn::SoftClamp>{}); break;
       case ScaleFn::Sigmoid: with_fn(std::integral_constant<ScaleFn, ScaleFn::Sigmoid>{}); break;
+      case ScaleFn::SoftClip: with_fn(std::integral_constant<ScaleFn, ScaleFn::SoftClip>{}); break;
+      case ScaleFn::SigmoidEps: with_fn(std::integral_constant<ScaleFn, ScaleFn::SigmoidEps>{}); break;
+      case ScaleFn::InvSigmoid: with_fn(std::integral_constant<ScaleFn, ScaleFn::InvSigmoid>{}); break;
     }
   });
 }

@@ -39,6 +39,10 @@ using sampling::order_value;
 constexpr int64_t kChunk = 16384;  // columns per chunk: the cut of a row
 constexpr int64_t kBlock = 64;     // columns per block: block maxima and block masses
 constexpr int64_t kSmallK = 1024;  // rows with top_k up to this take the candidate path
+// At most this many columns are copied out of a row (top-k candidates, one histogram
+// bin's members); past it, selection streams over the row in a few more passes, so
+// extra memory stays O(cols / kChunk * kBins) however many logits tie.
+constexpr int64_t kGatherCap = int64_t{1} << 16;
 constexpr int kDigitBits = 11;     // radix digit: 2048 bins
 // A column costs well under a nanosecond here (one vectorised pass for most rows),
 // so a parallel region pays off only past kCheapWork times cpu::kMinParallelWork columns.
@@ -108,6 +112,7 @@ template <typename C> struct ChunkWork {
   std::vector<C> block_max;
   std::vector<double> block_mass;
   double mass;
+  K min_key;  // streaming selection: the smallest member key of the chunk
 };
 
 // Scratch of one row.
@@ -277,6 +282,50 @@ PTF_MULTIVERSION void gather_chunk(const RowCtx<T, CONTIG>& ctx_in, int64_t c0, 
   }
   w.gather_k.resize(n);
   w.gather_w.resize(n);
+}
+
+// Streaming radix selection, one digit: counts and masses (or counts again, unweighted)
+// of digit (key >> shift) & mask over the chunk's members: the columns whose key agrees
+// with `prefix` above bit `high_shift` and is >= floor. Also their smallest key.
+template <typename T, bool CONTIG>
+PTF_MULTIVERSION void digit_histogram_chunk(const RowCtx<T, CONTIG>& ctx, int64_t c0, int64_t c1,
+                                            typename RowCtx<T, CONTIG>::K prefix, int high_shift, int shift,
+                                            typename RowCtx<T, CONTIG>::K mask, typename RowCtx<T, CONTIG>::K floor,
+                                            bool weighted, ChunkWork<typename RowCtx<T, CONTIG>::C>& w) {
+  using C = typename RowCtx<T, CONTIG>::C;
+  using K = typename RowCtx<T, CONTIG>::K;
+  const RowCtx<T, CONTIG> local = ctx;
+  w.bin_n.assign(kBins, 0u);
+  w.bin_w.assign(kBins, 0.0);
+  w.min_key = std::numeric_limits<K>::max();
+  const K high = prefix >> high_shift;
+  for (int64_t c = c0; c < c1; ++c) {
+    const C v = local.x(c);
+    const K key = order_key(v);
+    if ((key >> high_shift) != high || key < floor) continue;
+    const auto b = static_cast<int64_t>((key >> shift) & mask);
+    w.bin_n[b] += 1;
+    w.bin_w[b] += weighted ? static_cast<double>(local.e(v)) : 1.0;
+    w.min_key = key < w.min_key ? key : w.min_key;
+  }
+}
+
+// The mass of the chunk's columns in level-1 bin `bin` with key >= floor.
+template <typename T, bool CONTIG>
+PTF_MULTIVERSION void bin_mass_chunk(const RowCtx<T, CONTIG>& ctx, int64_t c0, int64_t c1, uint32_t bin,
+                                     typename RowCtx<T, CONTIG>::K floor,
+                                     ChunkWork<typename RowCtx<T, CONTIG>::C>& w) {
+  using C = typename RowCtx<T, CONTIG>::C;
+  using K = typename RowCtx<T, CONTIG>::K;
+  constexpr int kShift = static_cast<int>(sizeof(K) * 8) - kDigitBits;
+  const RowCtx<T, CONTIG> local = ctx;
+  double total = 0.0;
+  for (int64_t c = c0; c < c1; ++c) {
+    const C v = local.x(c);
+    const K key = order_key(v);
+    if (static_cast<uint32_t>(key >> kShift) == bin && key >= floor) total += static_cast<double>(local.e(v));
+  }
+  w.mass = total;
 }
 
 // Whether column value v (with mass ev) is in the kept set A.
@@ -456,6 +505,13 @@ template <typename T, bool CONTIG> struct RowSampler {
       low = order_value(select(keys.data(), nullptr, static_cast<int64_t>(keys.size()),
                                static_cast<double>(top_k), 0));
     }
+    int64_t candidate_blocks = 0;
+    for (const auto& w : work.chunks) {
+      for (const C bm : w.block_max) candidate_blocks += bm >= low;
+    }
+    if (candidate_blocks * kBlock > kGatherCap) {  // many ties at the top: no candidate copy
+      return run_general(top_k, top_p, u);
+    }
     for_chunks([&](int64_t chunk, int64_t c0, int64_t c1) {
       candidates_chunk<T, CONTIG>(ctx, c0, c1, low, work.chunks[chunk]);
     });
@@ -532,6 +588,62 @@ template <typename T, bool CONTIG> struct RowSampler {
     return weighted_select<K>(keys, weight, n, target, fixed_bits, work.bin_n.data(), work.bin_w.data());
   }
 
+  // weighted_select (counts when !weighted, masses e otherwise) over the row's columns in
+  // level-1 bin `bin` with key >= floor, streamed: one pass over the row per digit.
+  K stream_select(uint32_t bin, K floor, bool weighted, double target) {
+    constexpr int kKeyBits = static_cast<int>(sizeof(K) * 8);
+    K prefix = static_cast<K>(bin) << kShift;
+    int shift = kShift;
+    while (shift > 0) {
+      const int digit = std::min(kDigitBits, shift);
+      const int high_shift = shift;
+      shift -= digit;
+      const K mask = static_cast<K>((int64_t{1} << digit) - 1);
+      for_chunks([&](int64_t chunk, int64_t c0, int64_t c1) {
+        digit_histogram_chunk<T, CONTIG>(ctx, c0, c1, prefix, high_shift, shift, mask, floor, weighted,
+                                         work.chunks[chunk]);
+      });
+      const int64_t bins = int64_t{1} << digit;
+      auto& counts = work.bin_n;
+      auto& masses = work.bin_w;
+      counts.assign(kBins, 0u);
+      masses.assign(kBins, 0.0);
+      K min_key = std::numeric_limits<K>::max();
+      for (const auto& w : work.chunks) {  // in chunk order: the same sums on every schedule
+        for (int64_t b = 0; b < bins; ++b) {
+          counts[b] += w.bin_n[b];
+          masses[b] += w.bin_w[b];
+        }
+        min_key = w.min_key < min_key ? w.min_key : min_key;
+      }
+      double above = 0.0;
+      int64_t chosen = -1;
+      for (int64_t b = bins - 1; b >= 0; --b) {
+        if (counts[b] == 0) continue;
+        if (above + masses[b] >= target) {
+          chosen = b;
+          break;
+        }
+        above += masses[b];
+      }
+      if (chosen < 0) return min_key;  // rounding left the target above the total: keep all
+      target -= above;
+      prefix |= static_cast<K>(chosen) << shift;
+    }
+    (void)kKeyBits;
+    return prefix;
+  }
+
+  // The mass of the row's columns in level-1 bin `bin` with key >= floor, summed in chunk order.
+  double stream_bin_mass(uint32_t bin, K floor) {
+    for_chunks([&](int64_t chunk, int64_t c0, int64_t c1) {
+      bin_mass_chunk<T, CONTIG>(ctx, c0, c1, bin, floor, work.chunks[chunk]);
+    });
+    double total = 0.0;
+    for (const auto& w : work.chunks) total += w.mass;
+    return total;
+  }
+
   // The keys and masses of level-1 bin `bin`, over all chunks in column order.
   void gather(uint32_t bin) {
     for_chunks([&](int64_t chunk, int64_t c0, int64_t c1) {
@@ -590,11 +702,16 @@ template <typename T, bool CONTIG> struct RowSampler {
         above += counts[b];
         mass_k += masses[b];
       }
-      gather(static_cast<uint32_t>(bin_k));
-      const int64_t n = static_cast<int64_t>(work.keys.size());
-      work.sel_keys.assign(work.keys.begin(), work.keys.end());
-      tk = select(work.sel_keys.data(), nullptr, n, static_cast<double>(top_k - above), kDigitBits);
-      for (int64_t i = 0; i < n; ++i) kept_in_bin += work.keys[i] >= tk ? work.e[i] : 0.0;
+      if (counts[bin_k] > kGatherCap) {
+        tk = stream_select(static_cast<uint32_t>(bin_k), 0, false, static_cast<double>(top_k - above));
+        kept_in_bin = stream_bin_mass(static_cast<uint32_t>(bin_k), tk);
+      } else {
+        gather(static_cast<uint32_t>(bin_k));
+        const int64_t n = static_cast<int64_t>(work.keys.size());
+        work.sel_keys.assign(work.keys.begin(), work.keys.end());
+        tk = select(work.sel_keys.data(), nullptr, n, static_cast<double>(top_k - above), kDigitBits);
+        for (int64_t i = 0; i < n; ++i) kept_in_bin += work.keys[i] >= tk ? work.e[i] : 0.0;
+      }
       mass_k += kept_in_bin;
     } else {
       for (int64_t b = kBins - 1; b >= 0; --b) mass_k += masses[b];
@@ -613,7 +730,9 @@ template <typename T, bool CONTIG> struct RowSampler {
         }
         above += wb;
       }
-      if (bin_p >= 0) {  // else rounding left the target above the total: top-p keeps all of K
+      if (bin_p >= 0 && counts[bin_p] > kGatherCap) {
+        tp = stream_select(static_cast<uint32_t>(bin_p), tk, true, target - above);
+      } else if (bin_p >= 0) {  // else rounding left the target above the total: top-p keeps all of K
         if (bin_p != bin_k) gather(static_cast<uint32_t>(bin_p));
         // Candidates: the bin's members of K (all of them unless it is top-k's bin).
         int64_t n = 0;

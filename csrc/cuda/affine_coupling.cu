@@ -10,6 +10,12 @@ namespace {
 using cuda::kItems;
 using cuda::kThreads;
 
+// cuda::Math plus the log that nflows' "sigmoid_eps" needs.
+struct CouplingMath : cuda::Math {
+  static __device__ __forceinline__ float log(float x) { return ::logf(x); }
+  static __device__ __forceinline__ double log(double x) { return ::log(x); }
+};
+
 template <typename T, ScaleFn FN, bool INV>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(AffineCouplingForward a, int threads_per_row, int rows_per_block, int64_t tile_cols,
@@ -32,8 +38,8 @@ __global__ void __launch_bounds__(kThreads)
       if (c < a.cols) {
         const C xv = cuda::load(x[c * a.x.col_stride]);
         const C tv = cuda::load(t[c * a.shift.col_stride]);
-        const C s = log_multiplier<FN, cuda::Math>(cuda::load(sc[c * a.scale.col_stride]), clamp);
-        const C out = INV ? (xv - tv) * cuda::Math::exp(-s) : xv * cuda::Math::exp(s) + tv;
+        const C s = log_multiplier<FN, CouplingMath>(cuda::load(sc[c * a.scale.col_stride]), clamp);
+        const C out = INV ? (xv - tv) * CouplingMath::exp(-s) : xv * CouplingMath::exp(s) + tv;
         y[c] = cuda::store<T>(out);
         acc += static_cast<double>(s);
       }
@@ -89,8 +95,8 @@ __global__ void __launch_bounds__(kThreads)
     const C xv = cuda::load(x[c * a.x.col_stride]);
     const C av = cuda::load(sc[c * a.scale.col_stride]);
     const C g = cuda::load(gy[c * a.grad_y.col_stride]);
-    const C s = log_multiplier<FN, cuda::Math>(av, clamp);
-    const C e = cuda::Math::exp(INV ? -s : s);
+    const C s = log_multiplier<FN, CouplingMath>(av, clamp);
+    const C e = CouplingMath::exp(INV ? -s : s);
     const C gxv = g * e;
     C gsv;
     if constexpr (INV) {
@@ -100,7 +106,7 @@ __global__ void __launch_bounds__(kThreads)
       gsv = gxv * xv + gl;
     }
     gx[c] = cuda::store<T>(gxv);
-    ga[c] = cuda::store<T>(gsv * dlog_multiplier<FN, cuda::Math>(av, s, clamp));
+    ga[c] = cuda::store<T>(gsv * dlog_multiplier<FN, CouplingMath>(av, s, clamp));
     if (gt) gt[c] = cuda::store<T>(INV ? -gxv : g);
   }
 }
@@ -115,6 +121,9 @@ void dispatch_fn(ScaleFn fn, bool inverse, F&& f) {
     case ScaleFn::Exp: with_inv(std::integral_constant<ScaleFn, ScaleFn::Exp>{}); break;
     case ScaleFn::SoftClamp: with_inv(std::integral_constant<ScaleFn, ScaleFn::SoftClamp>{}); break;
     case ScaleFn::Sigmoid: with_inv(std::integral_constant<ScaleFn, ScaleFn::Sigmoid>{}); break;
+    case ScaleFn::SoftClip: with_inv(std::integral_constant<ScaleFn, ScaleFn::SoftClip>{}); break;
+    case ScaleFn::SigmoidEps: with_inv(std::integral_constant<ScaleFn, ScaleFn::SigmoidEps>{}); break;
+    case ScaleFn::InvSigmoid: with_inv(std::integral_constant<ScaleFn, ScaleFn::InvSigmoid>{}); break;
   }
 }
 

@@ -32,3 +32,6 @@ __all__ += ["DiscriminatorFlow", "ScoreGAN", "VQVAE"]
 from pyprobtf.families.tempered import Tempered  # noqa: E402
 
 __all__ += ["Tempered"]
+from pyprobtf.families.latent import Latent  # noqa: E402
+
+__all__ += ["Latent"]

@@ -15,15 +15,23 @@ Gaussian fits badly; ``latent_penalty`` (default 1) adds the sliced
 the sliced-Wasserstein autoencoder, Kolouri et al. 2019), so that the fitted
 Gaussian describes where the codes lie and decoding it gives data-like samples.
 ``latent_penalty=0`` is the plain (denoising) autoencoder.
+
+Networks (the user's own, or the defaults): ``encoder(x) -> z`` ``(B, *latent_shape)`` for
+standardised ``x`` ``(B, *event_shape)``, and ``decoder(z) -> x`` ``(B, *event_shape)``. The
+defaults are MLPs for vectors and :class:`pyprobtf.nn.ConvEncoder`/:class:`pyprobtf.nn.ConvDecoder`
+for ``(C, H, W)`` images. The reconstruction error is summed over the event.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.distributions import MultivariateNormal
+from torch import nn
+from torch.distributions import MultivariateNormal, TransformedDistribution
+from torch.distributions.transforms import ReshapeTransform
 
-from pyprobtf.families._latent import LatentFamily, check_choice, check_int, check_real, default_latent_dim
-from pyprobtf.families._nets import MLP, check_activation, check_hidden
+from pyprobtf.families._latent import LatentFamily, check_choice, check_int, check_real, event_shape_of, sum_event
+from pyprobtf.families.vae import build_encoder_decoder
+from pyprobtf.transform import check_net_output
 
 DENOISING = (None, "gaussian", "mask")
 
@@ -43,9 +51,13 @@ class Autoencoder(LatentFamily):
     """A (denoising) autoencoder whose decoder samples from a Gaussian fitted to the codes (module docstring).
 
     Args:
-        dim: data dimension.
-        latent_dim: code size (default ``min(dim, 8)``).
-        hidden, activation: the encoder MLP's hidden widths (the decoder's are reversed).
+        dim: data dimension (shorthand for ``event_shape=(dim,)``).
+        event_shape: the shape of one sample: ``(d,)``, or ``(C, H, W)`` for images.
+        encoder, decoder: your networks (both; see the module docstring), or None for the defaults.
+        latent_dim, latent_shape: the code's shape (default ``min(dim, 8)`` for vectors, ``(16,)`` for images;
+            read off the encoder when you give networks and no shape).
+        hidden, activation: the default vector encoder MLP's hidden widths (the decoder's are reversed).
+        channels: the default image networks' channels per level (:class:`pyprobtf.nn.ConvEncoder`).
         denoising: ``None``, ``"gaussian"`` or ``"mask"``: how inputs are corrupted in training.
         corruption: the noise std (``"gaussian"``, standardised units) or the masking probability (``"mask"``).
         latent_penalty: weight of the sliced-Wasserstein pull of the codes towards N(0, I) (0: none).
@@ -68,21 +80,24 @@ class Autoencoder(LatentFamily):
     fit_defaults = {"steps": 20_000, "batch_size": 256, "lr": 3e-3, "warmup": 200, "lr_final": 0.01,
                     "betas": (0.5, 0.9)}
 
-    def __init__(self, dim: int, *, latent_dim: int | None = None, hidden=(128, 128), activation: str = "relu",
-                 denoising: str | None = "gaussian", corruption: float = 0.2, latent_penalty: float = 30.0,
-                 n_projections: int = 64, latent_momentum: float = 0.99, normalize: bool = True):
+    def __init__(self, dim: int | None = None, *, event_shape=None, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None, latent_dim: int | None = None, latent_shape=None, hidden=None,
+                 activation: str | None = None, channels=None, denoising: str | None = "gaussian",
+                 corruption: float = 0.2, latent_penalty: float = 30.0, n_projections: int = 64,
+                 latent_momentum: float = 0.99, normalize: bool = True):
         name = type(self).__name__
-        super().__init__(dim, default_latent_dim(dim, latent_dim, 8), normalize=normalize)
-        hidden = check_hidden(name, hidden)
-        check_activation(name, activation)
+        shape = event_shape_of(name, dim, event_shape)
+        latent_shape, encoder, decoder, _ = build_encoder_decoder(
+            name, shape, latent_dim, latent_shape, encoder, decoder, hidden, activation, channels, heads=1,
+            hidden_default=(128, 128))
+        super().__init__(None, latent_shape, event_shape=shape, normalize=normalize)
         self.denoising = check_choice(name, "denoising", denoising, DENOISING)
         high = 1.0 if denoising == "mask" else float("inf")
         self.corruption = check_real(name, "corruption", corruption, 0.0, high, high_open=denoising == "mask")
         self.latent_penalty = check_real(name, "latent_penalty", latent_penalty)
         self.n_projections = check_int(name, "n_projections", n_projections)
         self.latent_momentum = check_real(name, "latent_momentum", latent_momentum, 0.0, 1.0, high_open=True)
-        self.encoder = MLP(dim, hidden, self.latent_dim, activation)
-        self.decoder = MLP(self.latent_dim, hidden[::-1], dim, activation)
+        self.encoder, self.decoder = encoder, decoder
         k = self.latent_dim
         # Raw moving averages of E[z] and E[z z^T]; `_moment_weight` = 1 - momentum^updates corrects their zero start.
         self.register_buffer("_mean_avg", torch.zeros(k))
@@ -101,17 +116,21 @@ class Autoencoder(LatentFamily):
         return mean, 0.5 * (cov + cov.T)
 
     @property
-    def base(self) -> MultivariateNormal:
-        """``N(mean, covariance)`` of the encoded training data (a small jitter keeps it positive definite)."""
+    def base(self):
+        """``N(mean, covariance)`` of the encoded training data (a small jitter keeps it positive definite); over
+        the flattened code, reshaped to ``latent_shape`` for a map latent."""
         mean, cov = self.latent_moments()
         jitter = 1e-6 * (float(cov.diagonal().mean().abs()) + 1e-12)
         eye = torch.eye(self.latent_dim, dtype=cov.dtype, device=cov.device)
-        return MultivariateNormal(mean, scale_tril=torch.linalg.cholesky(cov + jitter * eye))
+        normal = MultivariateNormal(mean, scale_tril=torch.linalg.cholesky(cov + jitter * eye))
+        if len(self.latent_shape) == 1:
+            return normal
+        return TransformedDistribution(normal, [ReshapeTransform((self.latent_dim,), self.latent_shape)])
 
     @torch.no_grad()
     def _track(self, z: torch.Tensor) -> None:
         m = self.latent_momentum
-        z = z.to(self._mean_avg.dtype)
+        z = z.reshape(z.shape[0], -1).to(self._mean_avg.dtype)
         self._mean_avg.mul_(m).add_(z.mean(0), alpha=1 - m)
         self._second_avg.mul_(m).add_(z.T @ z / z.shape[0], alpha=1 - m)
         self._moment_weight.mul_(m).add_(1 - m)
@@ -123,16 +142,19 @@ class Autoencoder(LatentFamily):
         if x.shape[0] < 2:
             raise ValueError(f"{self._name('fit_latent')}: `x` needs at least 2 rows; got {x.shape[0]}")
         codes = torch.cat([self.encode(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-        codes = codes.to(self._mean_avg.dtype)
+        codes = codes.reshape(codes.shape[0], -1).to(self._mean_avg.dtype)
         self._mean_avg.copy_(codes.mean(0))
         self._second_avg.copy_(codes.T @ codes / codes.shape[0])
         self._moment_weight.fill_(1.0)
 
     # -------------------------------------------------------------- the networks
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The code of ``x`` (data units), shape ``(B, latent_dim)``."""
+        """The code of ``x`` (data units), shape ``(B, *latent_shape)``."""
         x = self.check_x(x, "encode")
-        return self.encoder(self.scaler(x.to(self.dtype)))
+        return self._encode(self.scaler(x.to(self.dtype)))
+
+    def _encode(self, y: torch.Tensor) -> torch.Tensor:
+        return check_net_output(type(self).__name__, "encoder", self.encoder(y), (y.shape[0], *self.latent_shape))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -153,11 +175,12 @@ class Autoencoder(LatentFamily):
         """Reconstruction error (sum over features, standardised units) + ``latent_penalty`` * SW2^2(codes, N(0, I))."""
         x, _ = self.split_batch(batch)
         y = self.scaler(x)
-        z = self.encoder(self.corrupt(y))
-        loss = (self.decoder(z) - y).square().sum(1).mean()
+        z = self._encode(self.corrupt(y))
+        loss = sum_event((self.decoded(z) - y).square()).mean()
         if self.latent_penalty > 0:
-            loss = loss + self.latent_penalty * sliced_wasserstein_to_normal(z, self.n_projections)
+            loss = loss + self.latent_penalty * sliced_wasserstein_to_normal(z.flatten(1), self.n_projections)
         if self.training:
             # The base tracks the codes of the clean inputs.
-            self._track(self.encoder(y).detach() if self.denoising is not None else z.detach())
+            with torch.no_grad():
+                self._track(self._encode(y) if self.denoising is not None else z.detach())
         return loss

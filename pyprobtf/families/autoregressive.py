@@ -27,6 +27,18 @@ Two kinds of data:
   ``F`` is invertible (``inverse`` gives the conditional CDFs) with
   ``log|det dx/du| = -log p(x)``.
 
+Any event shape: an image ``(C, H, W)`` is the sequence of its ``C * H * W``
+values in row-major order (e.g. 8x8 digits: 64 tokens, each one of ``bins``
+grey levels; ``bounds=(0, 1), bins=17`` makes the bins the cells of
+:func:`pyprobtf.data.digits`' dequantization). For events of more than one
+dimension, ``initialize`` fits one box shared by every value.
+
+The network (yours, or the default :class:`pyprobtf.nn.CausalTransformer`):
+``net(tokens) -> logits``, tokens int64 ``(B, L)`` with values in ``[0, V]``, ``V``
+(``bins`` or ``vocab_size``) being the start token the family puts at position 0,
+logits ``(B, L, V)``; position ``i`` may see tokens ``0..i`` only and gives the
+distribution of value ``i`` (``L`` runs from 1 to ``dim``).
+
 The sampling options (``temperature``, ``top_k``, ``top_p``, ``min_p``) are
 part of the model (constructor arguments, overridable per call) and change
 ``transform``, ``inverse``, ``log_prob`` and ``sample`` together: ``log_prob``
@@ -44,8 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Uniform
 
-from pyprobtf.families._latent import check_int, check_real
-from pyprobtf.transform import ProbabilityTransform, Trajectory, _check_count, draw_seed
+from pyprobtf.families._latent import check_int, check_module, check_real
+from pyprobtf.nn.transformer import CausalTransformer
+from pyprobtf.transform import ProbabilityTransform, Trajectory, _check_count, check_net_output, draw_seed
 
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p")
 
@@ -69,50 +82,19 @@ def philox_uniforms(seed: int, rows: int, cols: int, device=None) -> torch.Tenso
     return uniform53(seed, counters)
 
 
-class CausalTransformer(nn.Module):
-    """A decoder-only transformer: ``forward(prefix)`` -> logits of the next token at every position.
-
-    ``prefix`` ``(B, L)`` int64 with ``L < length``: the model reads ``[start, prefix]``
-    and returns ``(B, L + 1, vocab)`` logits; position ``i`` predicts token ``i``.
-    """
-
-    def __init__(self, length: int, vocab: int, *, d_model: int, layers: int, heads: int, ff_mult: int = 4,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.length, self.vocab = length, vocab
-        self.embed = nn.Embedding(vocab + 1, d_model)  # the last id is the start token
-        # Token and position embeddings start at the same small scale (GPT-2's 0.02), so the position is
-        # as visible to the first layer as the token is.
-        nn.init.normal_(self.embed.weight, std=0.02)
-        self.position = nn.Parameter(torch.randn(length, d_model) * 0.02)
-        block = nn.TransformerEncoderLayer(d_model, heads, ff_mult * d_model, dropout=dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab)
-        masks = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
-        self.register_buffer("causal_mask", masks, persistent=False)
-
-    def forward(self, prefix: torch.Tensor) -> torch.Tensor:
-        start = prefix.new_full((prefix.shape[0], 1), self.vocab)
-        tokens = torch.cat([start, prefix], 1)
-        n = tokens.shape[1]
-        h = self.embed(tokens) + self.position[:n]
-        h = self.blocks(h, mask=self.causal_mask[:n, :n].to(h.dtype), is_causal=True)
-        return self.head(self.norm(h))
-
-
 class Autoregressive(ProbabilityTransform):
     """Autoregressive transformer over discretised coordinates or tokens (see the module docstring).
 
     Args:
-        dim: number of coordinates (sequence length).
+        dim: number of coordinates (sequence length); shorthand for ``event_shape=(dim,)``.
+        event_shape: the shape of one sample (an image ``(C, H, W)`` is read in row-major order).
+        net: your causal network (see the module docstring), or None for the default transformer.
         bins: bins per coordinate for continuous data (ignored with ``vocab_size``).
         vocab_size: for token data: the number of token values (data are integers in ``[0, vocab_size)``).
         bounds: continuous data: ``(low, high)`` for every coordinate; ``None`` fits them to the data
             (``initialize``, with a margin of ``margin`` times the range on each side).
-        d_model, layers, heads: the transformer's width, depth and attention heads.
-        dropout: dropout in the transformer's blocks while training (a regulariser for small data sets).
+        d_model, layers, heads: the default transformer's width, depth and attention heads (64, 2, 4).
+        dropout: dropout in the default transformer's blocks while training (a regulariser for small data sets).
         temperature, top_k, top_p, min_p: the sampling options (see :func:`pyprobtf.ops.sample_logits`).
 
     Example:
@@ -131,22 +113,33 @@ class Autoregressive(ProbabilityTransform):
     #: the keyword options transform/sample/log_prob take (what Tempered passes on)
     sampling_options = SAMPLING_OPTIONS
 
-    def __init__(self, dim: int, *, bins: int = 64, vocab_size: int | None = None, bounds=None,
-                 margin: float = 0.05, d_model: int = 64, layers: int = 2, heads: int = 4, dropout: float = 0.0,
+    def __init__(self, dim: int | None = None, *, event_shape=None, net: nn.Module | None = None, bins: int = 64,
+                 vocab_size: int | None = None, bounds=None, margin: float = 0.05, d_model: int | None = None,
+                 layers: int | None = None, heads: int | None = None, dropout: float | None = None,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0):
-        super().__init__(dim)
+        super().__init__(dim, event_shape=event_shape)
         name = type(self).__name__
         self.tokens_mode = vocab_size is not None
         self.vocab = check_int(name, "vocab_size", vocab_size) if self.tokens_mode else check_int(name, "bins", bins)
         self.margin = check_real(name, "margin", margin)
-        d_model, layers, heads = (check_int(name, k, v) for k, v in (("d_model", d_model), ("layers", layers),
-                                                                       ("heads", heads)))
-        if d_model % heads:
-            raise ValueError(f"{name}: `d_model` must be a multiple of `heads`; got {d_model} and {heads}")
         self.sampling = self._check_sampling(name, {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                                                     "min_p": min_p})
-        self.net = CausalTransformer(self.dim, self.vocab, d_model=d_model, layers=layers, heads=heads,
-                                     dropout=check_real(name, "dropout", dropout, 0.0, 1.0, high_open=True))
+        options = {"d_model": d_model, "layers": layers, "heads": heads, "dropout": dropout}
+        if check_module(name, "net", net) is not None:
+            for key, value in options.items():
+                if value is not None:
+                    raise ValueError(f"{name}: `{key}` configures the default transformer; it cannot be given with "
+                                     f"your own `net`")
+            self.net = net
+        else:
+            d_model, layers, heads = (check_int(name, k, 64 if v is None else v) if k == "d_model" else
+                                      check_int(name, k, {"layers": 2, "heads": 4}[k] if v is None else v)
+                                      for k, v in (("d_model", d_model), ("layers", layers), ("heads", heads)))
+            if d_model % heads:
+                raise ValueError(f"{name}: `d_model` must be a multiple of `heads`; got {d_model} and {heads}")
+            dropout = check_real(name, "dropout", 0.0 if dropout is None else dropout, 0.0, 1.0, high_open=True)
+            self.net = CausalTransformer(self.dim, self.vocab, d_model=d_model, layers=layers, heads=heads,
+                                         dropout=dropout)
         self.register_buffer("low", torch.zeros(self.dim))
         self.register_buffer("width", torch.ones(self.dim))
         self.register_buffer("bounded", torch.tensor(self.tokens_mode))
@@ -157,8 +150,8 @@ class Autoregressive(ProbabilityTransform):
             self._set_bounds(torch.full((self.dim,), low), torch.full((self.dim,), high))
         # Continuous data: an invertible triangular map with exact densities. Tokens: a log-pmf only.
         self.capabilities = frozenset() if self.tokens_mode else frozenset({"inverse", "ladj", "log_prob"})
-        self.register_buffer("_u_low", torch.zeros(self.dim), persistent=False)
-        self.register_buffer("_u_high", torch.ones(self.dim), persistent=False)
+        self.register_buffer("_u_low", torch.zeros(self.event_shape), persistent=False)
+        self.register_buffer("_u_high", torch.ones(self.event_shape), persistent=False)
 
     # -------------------------------------------------------------- options and checks
     @staticmethod
@@ -199,8 +192,9 @@ class Autoregressive(ProbabilityTransform):
 
     @property
     def base(self):
-        """``U[0, 1)^dim``."""
-        return Independent(Uniform(self._u_low, self._u_high, validate_args=False), 1, validate_args=False)
+        """``U[0, 1)`` for every value of the event."""
+        return Independent(Uniform(self._u_low, self._u_high, validate_args=False), len(self.event_shape),
+                           validate_args=False)
 
     # -------------------------------------------------------------- bins
     @torch.no_grad()
@@ -211,11 +205,16 @@ class Autoregressive(ProbabilityTransform):
 
     @torch.no_grad()
     def initialize(self, batch) -> None:
-        """Continuous data without ``bounds``: fit the box to the data (range plus ``margin`` on each side)."""
+        """Continuous data without ``bounds``: fit the box to the data (range plus ``margin`` on each side; one
+        range for all values of events of more than one dimension, such as images)."""
         x, _ = self.split_batch(batch, "initialize")
         if self.tokens_mode or bool(self.bounded) or x.shape[0] == 0:
             return
+        x = self._flat(x)
+        if len(self.event_shape) > 1:
+            x = x.reshape(-1, 1)
         lo, hi = x.min(0).values.double(), x.max(0).values.double()
+        lo, hi = lo.expand(self.dim), hi.expand(self.dim)
         pad = self.margin * (hi - lo) + 1e-3 * (hi - lo).abs().clamp_min(1.0)
         self._set_bounds((lo - pad).to(self.low), (hi + pad).to(self.low))
 
@@ -224,23 +223,36 @@ class Autoregressive(ProbabilityTransform):
             raise RuntimeError(f"{self._name(method)}: the bins are not set yet: train with pyprobtf.fit (which "
                                f"fits them to the data), call initialize(data), or pass bounds=(low, high)")
 
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.dim)
+
     def tokenize(self, x: torch.Tensor, *, clamp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(tokens, inside)``: the bin (or token) of every coordinate of ``x``, int64 ``(B, dim)``, and which rows
-        lie in the model's support (``clamp=True`` moves outside values into the edge bins)."""
+        """``(tokens, inside)``: the bin (or token) of every value of ``x`` ``(B, *event_shape)``, int64 ``(B, dim)``
+        in row-major order, and which rows lie in the model's support (``clamp=True`` moves outside values into the
+        edge bins). A NaN value is token 0 and its row is outside the support, whatever ``clamp``."""
+        x = self._flat(x)
+        nan = torch.isnan(x)
         if self.tokens_mode:
             t = torch.round(x)
             inside = ((t == x) & (t >= 0) & (t < self.vocab)).all(1)
-            return t.clamp(0, self.vocab - 1).long(), inside
+            return torch.where(nan, 0.0, t).clamp(0, self.vocab - 1).long(), inside
         self._require_bounds("tokenize")
         pos = (x.double() - self.low.double()) / self.width.double()
         inside = ((pos >= 0) & (pos < self.vocab)).all(1)
-        t = torch.floor(pos).clamp(0, self.vocab - 1).long()
-        return t, inside | clamp
+        t = torch.floor(torch.where(nan, 0.0, pos)).clamp(0, self.vocab - 1).long()
+        return t, (inside | clamp) & ~nan.any(1)
 
     # -------------------------------------------------------------- conditionals
+    def next_logits(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, j + 1, V)`` for a prefix of tokens ``(B, j)``: the network on ``[start, prefix]``; the last
+        position is the conditional of token ``j`` given the prefix."""
+        start = prefix.new_full((prefix.shape[0], 1), self.vocab)
+        out = self.net(torch.cat([start, prefix], 1))
+        return check_net_output(type(self).__name__, "net", out, (prefix.shape[0], prefix.shape[1] + 1, self.vocab))
+
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(B, dim, V)``: position ``j`` is the conditional of token ``j`` given ``t_<j``."""
-        return self.net(tokens[:, :-1])
+        return self.next_logits(tokens[:, :-1])
 
     def _log_probs(self, logits: torch.Tensor, options: dict) -> torch.Tensor:
         """log-probabilities ``(..., V)`` of the filtered distribution (float64 when filtering)."""
@@ -252,15 +264,19 @@ class Autoregressive(ProbabilityTransform):
 
     def log_prob(self, x: torch.Tensor, **sampling) -> torch.Tensor:
         """Exact ``log p(x)`` in nats, ``(B,)``: a density over the bins' box (continuous data) or the log-pmf
-        (tokens); ``-inf`` outside the support. ``sampling`` overrides the model's sampling options."""
+        (tokens); ``-inf`` outside the support, NaN for a row holding NaN. ``sampling`` overrides the model's
+        sampling options."""
         x = self.check_x(x, "log_prob")
         options = self._options("log_prob", sampling)
+        if x.shape[0] == 0:
+            return x.new_zeros(0)
         tokens, inside = self.tokenize(x)
         lp = self._log_probs(self.logits(tokens), options)
         out = lp.gather(2, tokens.unsqueeze(2)).squeeze(2).sum(1)
         if not self.tokens_mode:
             out = out - torch.log(self.width).sum().to(out.dtype)
-        return torch.where(inside, out, torch.full_like(out, -math.inf)).to(x.dtype)
+        out = torch.where(inside, out, torch.full_like(out, -math.inf))
+        return torch.where(torch.isnan(self._flat(x)).any(1), torch.full_like(out, math.nan), out).to(x.dtype)
 
     def loss(self, batch):
         """Negative log-likelihood per sample in nats (values outside the box count in the edge bins)."""
@@ -277,7 +293,8 @@ class Autoregressive(ProbabilityTransform):
 
     # -------------------------------------------------------------- F and its inverse
     def _check_u(self, u, method: str) -> torch.Tensor:
-        u = self.check_x(u, method, "z")
+        """The uniforms ``(B, *event_shape)`` checked, as ``(B, dim)``."""
+        u = self._flat(self.check_x(u, method, "z"))
         bad = ~((u >= 0) & (u < 1)).all(1)
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
@@ -294,7 +311,7 @@ class Autoregressive(ProbabilityTransform):
         coords, log_q = [], u.new_zeros(n, dtype=torch.float64)
         for j in range(self.dim):
             # float64 logits: the op and the in-bin position below see the same filtered distribution.
-            logits = self.net(tokens[:, :j])[:, -1].double()
+            logits = self.next_logits(tokens[:, :j])[:, -1].double()
             u_j = u[:, j]
             t = sample_logits(logits.detach(), uniform=u_j.detach().double(), **options)
             tokens[:, j] = t
@@ -329,7 +346,7 @@ class Autoregressive(ProbabilityTransform):
         options = self._options("transform", sampling)
         if not self.tokens_mode:
             self._require_bounds("transform")
-        return self._draw(z, options)[0]
+        return self._draw(z, options)[0].reshape(z.shape[0], *self.event_shape)
 
     def transform_and_ladj(self, z, context=None, **sampling):
         """``(F(u), log|det dF/du|)``; the log-determinant is ``-log p(x)`` (continuous data only)."""
@@ -340,7 +357,7 @@ class Autoregressive(ProbabilityTransform):
         self._require_bounds("transform_and_ladj")
         x, _, log_q = self._draw(z, self._options("transform_and_ladj", sampling))
         ladj = torch.log(self.width.double()).sum() - log_q
-        return x, ladj.to(x.dtype)
+        return x.reshape(z.shape[0], *self.event_shape), ladj.to(x.dtype)
 
     def inverse_and_ladj(self, x, context=None, **sampling):
         """``(u, log|det du/dx|)``: the conditional CDFs of ``x`` (continuous data only) and ``log p(x)``."""
@@ -358,10 +375,10 @@ class Autoregressive(ProbabilityTransform):
         probs = lp.exp()
         chosen = lp.gather(2, tokens.unsqueeze(2)).squeeze(2)
         before = (probs.cumsum(2) - probs).gather(2, tokens.unsqueeze(2)).squeeze(2)
-        frac = (x.double() - self.low.double()) / self.width.double() - tokens.double()
+        frac = (self._flat(x).double() - self.low.double()) / self.width.double() - tokens.double()
         u = (before + frac * chosen.exp()).clamp(0.0, 1.0 - 2**-53)
         ladj = chosen.sum(1) - torch.log(self.width.double()).sum()
-        return u.to(x.dtype), ladj.to(x.dtype)
+        return u.to(x.dtype).reshape(x.shape), ladj.to(x.dtype)
 
     def sample(self, n: int, *, seed: int | None = None, context=None, **sampling) -> torch.Tensor:
         """``n`` samples ``F(u)``, ``u`` from per-row Philox streams of ``seed`` (see the module docstring);
@@ -373,6 +390,7 @@ class Autoregressive(ProbabilityTransform):
         elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{self._name('sample')}: `seed` must be an int or None; got {type(seed).__name__}")
         u = philox_uniforms(int(seed), n, self.dim, device=self.device).to(self.dtype)
+        u = u.reshape(n, *self.event_shape)
         # float32 rounding can lift a uniform just below 1 to 1.0: keep it inside [0, 1).
         u = u.clamp_max(1.0 - torch.finfo(u.dtype).eps / 2)
         with torch.no_grad():
@@ -381,9 +399,10 @@ class Autoregressive(ProbabilityTransform):
     def trajectory(self, z, context=None, **sampling):
         """``z`` (the uniforms), then the state after each coordinate is drawn: drawn coordinates hold their
         values, the others their uniforms spread over the box (token data: over ``[0, vocab_size)``)."""
-        z = self._check_u(z, "trajectory")
+        u = self._check_u(z, "trajectory")
         self.check_context(context, z.shape[0], "trajectory")
         states = []
         with torch.no_grad():
-            self._draw(z, self._options("trajectory", sampling), states)
+            self._draw(u, self._options("trajectory", sampling), states)
+        states = [s.reshape(z.shape) for s in states]
         return Trajectory([z] + states, ["z"] + [f"x_{j + 1}" for j in range(self.dim - 1)] + ["x"])

@@ -23,7 +23,15 @@ that compares the particles' distribution with the data's:
   gradient of ``KL(p_G || p_data)`` of the noised distributions, as in
   distribution-matching distillation).
 
-Both work in the standardised data space (fitted by ``initialize``).
+Both work in the standardised data space (fitted by ``initialize``), on any event shape.
+
+Networks (the user's own, or the defaults): DiscriminatorFlow's
+``discriminator(x, k) -> logits (B,)`` for ``x`` ``(B, *event_shape)`` and flow steps ``k``
+(int64 ``(B,)`` in ``[0, steps)``); ScoreGAN's ``generator(z) -> x`` as in
+:class:`~pyprobtf.families.GAN`, and ``score_nets=(data_net, fake_net)``, two networks
+with :class:`~pyprobtf.families.Diffusion`'s protocol ``net(x, t, context=None)``
+(wrapped in its EDM preconditioning). The defaults are MLPs for vectors and
+convolutional networks for ``(C, H, W)`` images.
 """
 
 from __future__ import annotations
@@ -32,21 +40,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyprobtf.families._latent import LatentFamily, check_int, check_real, default_latent_dim
-from pyprobtf.families._nets import MLP, check_activation, check_hidden
-from pyprobtf.transform import Trajectory
+from pyprobtf.families._latent import LatentFamily, check_int, check_module, check_real, event_shape_of, sum_event
+from pyprobtf.families._nets import check_hidden
+from pyprobtf.families.gan import build_discriminator, build_generator, image_or_vector_options, logits_of
+from pyprobtf.transform import Trajectory, check_net_output
 
 
 class StepLogits(nn.Module):
-    """``d(x, k)``: one logit per flow step ``k`` from a shared MLP trunk (one output head per step).
+    """``d(x, k)``: one logit per flow step ``k`` from a shared trunk (one output head per step).
 
     Heads instead of a time input: the steps are discrete, and constant time features at the input slow
     the first, second-order phase of learning to tell a distribution from one with the same moments.
+    ``trunk(x) -> (B, steps)``: an MLP for vectors, a :class:`pyprobtf.nn.ConvEncoder` for images.
     """
 
-    def __init__(self, dim: int, steps: int, hidden, activation: str):
+    def __init__(self, trunk: nn.Module):
         super().__init__()
-        self.net = MLP(dim, hidden, steps, activation)
+        self.net = trunk
+
+    def all_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of every step's head, ``(B, steps)``."""
+        return self.net(x)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Logits ``(B,)``: row ``b``'s head ``k[b]`` (``k`` an int64 ``(B,)`` tensor)."""
@@ -57,10 +71,14 @@ class DiscriminatorFlow(LatentFamily):
     """A generator-free GAN: particles moved along a time-conditioned discriminator's gradient (module docstring).
 
     Args:
-        dim: data dimension (``z`` has the same size).
+        dim: data dimension (shorthand for ``event_shape=(dim,)``; ``z`` has the event's shape).
+        event_shape: the shape of one sample: ``(d,)``, or ``(C, H, W)`` for images.
+        discriminator: your time-conditioned discriminator (see the module docstring), or None for the default.
         steps: flow steps ``K``.
         step_size: the step ``eta`` (standardised units per unit of logit gradient).
-        hidden, activation: the discriminator MLP.
+        max_step: the longest move of one step (Euclidean norm over the event).
+        hidden, activation: the default vector discriminator MLP.
+        channels: the default image discriminator's channels per level.
         particles: particles per flow stage in the training pool.
         base: the distribution of ``x_0`` (default N(0, I), standardised units).
         normalize: standardise the data per feature (fitted by ``initialize``).
@@ -78,33 +96,41 @@ class DiscriminatorFlow(LatentFamily):
     fit_defaults = {"steps": 20_000, "batch_size": 256, "lr": 1e-3, "warmup": 100, "lr_final": 0.05,
                     "betas": (0.5, 0.9)}
 
-    def __init__(self, dim: int, *, steps: int = 16, step_size: float = 1.0, max_step: float | None = 0.25,
-                 gradient_penalty: float = 0.1, hidden=(128, 128), activation: str = "relu", particles: int = 128,
-                 base=None, normalize: bool = True):
+    def __init__(self, dim: int | None = None, *, event_shape=None, discriminator: nn.Module | None = None,
+                 steps: int = 16, step_size: float = 1.0, max_step: float | None = 0.25,
+                 gradient_penalty: float = 0.1, hidden=None, activation: str | None = None, channels=None,
+                 particles: int = 128, base=None, normalize: bool = True):
         name = type(self).__name__
-        super().__init__(dim, default_latent_dim(dim, None, dim if isinstance(dim, int) else 1), base=base,
-                         normalize=normalize)
-        self.steps = check_int(name, "steps", steps)
+        shape = event_shape_of(name, dim, event_shape)
+        self_built = check_module(name, "discriminator", discriminator) is None
+        hidden, activation, channels = image_or_vector_options(name, shape, not self_built, hidden, activation,
+                                                               channels, (128, 128))
+        steps = check_int(name, "steps", steps)
+        if self_built:
+            discriminator = StepLogits(build_discriminator(name, shape, None, hidden, activation, channels, steps))
+        super().__init__(None, shape, event_shape=shape, base=base, normalize=normalize)
+        self.steps = steps
         self.step_size = check_real(name, "step_size", step_size, 0.0, low_open=True)
         self.max_step = None if max_step is None else check_real(name, "max_step", max_step, 0.0, low_open=True)
         self.gradient_penalty = check_real(name, "gradient_penalty", gradient_penalty)
         self.particles = check_int(name, "particles", particles)
-        self.discriminator = StepLogits(dim, self.steps, check_hidden(name, hidden), check_activation(name, activation))
-        self.register_buffer("pool", torch.zeros(self.steps, self.particles, dim))
+        self.discriminator = discriminator
+        self.register_buffer("pool", torch.zeros(self.steps, self.particles, *shape))
         self.register_buffer("pool_ready", torch.tensor(False))
 
     def _grad(self, y: torch.Tensor, k: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
         """``grad_y d(y, k)`` per row."""
         with torch.enable_grad():
             v = y if (create_graph and y.requires_grad) else y.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.discriminator(v, k).sum(), v, create_graph=create_graph)
+            logits = logits_of(type(self).__name__, self.discriminator, v, k)
+            (grad,) = torch.autograd.grad(logits.sum(), v, create_graph=create_graph)
         return grad
 
     def _move(self, y: torch.Tensor, k: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
         """One flow step for rows at steps ``k``: ``y + step_size * grad d``, each move at most ``max_step`` long."""
         step = self.step_size * self._grad(y, k, create_graph=create_graph)
         if self.max_step is not None:
-            norm = step.norm(dim=1, keepdim=True)
+            norm = step.flatten(1).norm(dim=1).reshape(-1, *([1] * (step.dim() - 1)))
             step = step * (self.max_step / norm.clamp_min(self.max_step))
         return y + step
 
@@ -154,20 +180,26 @@ class DiscriminatorFlow(LatentFamily):
         y = self.scaler(x)
         if not bool(self.pool_ready):
             self._fill_pool(y)
-        fake = self.pool.to(y.dtype).reshape(-1, self.dim).clone()  # the pool moves on below, in place
+        fake = self.pool.to(y.dtype).reshape(-1, *self.event_shape).clone()  # the pool moves on below, in place
         k_fake = torch.arange(self.steps, device=y.device).repeat_interleave(self.particles)
-        # The data against every step's head at once: all heads of one pass over the batch.
-        loss = F.softplus(-self.discriminator.net(y)).mean() + F.softplus(self.discriminator(fake, k_fake)).mean()
+        k_real = torch.randint(self.steps, (y.shape[0],), device=y.device)
+        if isinstance(self.discriminator, StepLogits):
+            # The data against every step's head at once: all heads of one pass over the batch.
+            real = self.discriminator.all_steps(y)
+            check_net_output(type(self).__name__, "discriminator", real, (y.shape[0], self.steps))
+        else:
+            real = logits_of(type(self).__name__, self.discriminator, y, k_real)  # a random step per data row
+        loss = F.softplus(-real).mean() + F.softplus(logits_of(type(self).__name__, self.discriminator, fake,
+                                                                k_fake)).mean()
         if self.gradient_penalty > 0:
             # Keeps the logits smooth, so the particles' steps stay bounded; data rows get a random head each.
-            k_real = torch.randint(self.steps, (y.shape[0],), device=y.device)
-            penalty = self._grad(y, k_real, create_graph=True).square().sum(1).mean() + \
-                self._grad(fake, k_fake, create_graph=True).square().sum(1).mean()
+            penalty = sum_event(self._grad(y, k_real, create_graph=True).square()).mean() + \
+                sum_event(self._grad(fake, k_fake, create_graph=True).square()).mean()
             loss = loss + 0.5 * self.gradient_penalty * penalty
         if self.training:
             with torch.no_grad():
                 moved = self._move(fake, k_fake)
-                self.pool[1:].copy_(moved.reshape(self.steps, self.particles, self.dim)[:-1])
+                self.pool[1:].copy_(moved.reshape(self.steps, self.particles, *self.event_shape)[:-1])
                 self.pool[0].copy_(self._draw_base(self.particles, y))
         return loss
 
@@ -176,10 +208,16 @@ class ScoreGAN(LatentFamily):
     """A one-step generator trained by two co-trained score models (see the module docstring).
 
     Args:
-        dim: data dimension.
-        latent_dim: size of ``z`` (default ``min(dim, 8)``).
-        hidden, activation: the generator MLP.
-        score_hidden: hidden widths of the two score networks (EDM-preconditioned :class:`Diffusion` MLPs).
+        dim: data dimension (shorthand for ``event_shape=(dim,)``).
+        event_shape: the shape of one sample: ``(d,)``, or ``(C, H, W)`` for images.
+        generator: your generator (as GAN's; give ``latent_shape`` with it), or None for the default.
+        score_nets: a pair ``(data_net, fake_net)`` with Diffusion's network protocol, or None for Diffusion's
+            defaults.
+        latent_dim, latent_shape: the shape of ``z`` (default ``min(dim, 8)`` for vectors, ``(32,)`` for images).
+        hidden, activation: the default vector generator MLP.
+        channels: the default image generator's channels per level.
+        score_hidden: hidden widths of the two default vector score networks (EDM-preconditioned
+            :class:`Diffusion` MLPs).
         generator_every: the generator takes a step every ``generator_every`` training steps (the score
             models every step), so the fake-sample score model keeps up with the generator.
         base: the distribution of ``z`` (default N(0, I)).
@@ -198,19 +236,44 @@ class ScoreGAN(LatentFamily):
     fit_defaults = {"steps": 20_000, "batch_size": 256, "lr": 2e-3, "warmup": 100, "lr_final": 0.05,
                     "betas": (0.5, 0.9)}
 
-    def __init__(self, dim: int, *, latent_dim: int | None = None, hidden=(128, 128), activation: str = "relu",
-                 score_hidden=(128, 128), generator_every: int = 5, base=None, normalize: bool = True):
+    decoder_name = "generator"
+
+    def __init__(self, dim: int | None = None, *, event_shape=None, generator: nn.Module | None = None,
+                 score_nets=None, latent_dim: int | None = None, latent_shape=None, hidden=None,
+                 activation: str | None = None, channels=None, score_hidden=None, generator_every: int = 5,
+                 base=None, normalize: bool = True):
         from pyprobtf.families.diffusion import Diffusion
 
         name = type(self).__name__
-        super().__init__(dim, default_latent_dim(dim, latent_dim, 8), base=base, normalize=normalize)
-        hidden, score_hidden = check_hidden(name, hidden), check_hidden(name, score_hidden)
-        check_activation(name, activation)
+        shape = event_shape_of(name, dim, event_shape)
+        check_module(name, "generator", generator)
+        if score_nets is not None:
+            if not (isinstance(score_nets, (tuple, list)) and len(score_nets) == 2):
+                raise TypeError(f"{name}: `score_nets` must be a pair (data_net, fake_net) of modules; got "
+                                f"{type(score_nets).__name__}")
+            for net in score_nets:
+                check_module(name, "score_nets", net)
+            if score_hidden is not None:
+                raise ValueError(f"{name}: `score_hidden` configures the default score networks; it cannot be "
+                                 f"given with `score_nets`")
+        hidden, activation, channels = image_or_vector_options(name, shape, generator is not None, hidden,
+                                                               activation, channels, (128, 128))
+        latent_shape, generator = build_generator(name, shape, latent_dim, latent_shape, generator, hidden,
+                                                  activation, channels)
+        super().__init__(None, latent_shape, event_shape=shape, base=base, normalize=normalize)
         self.generator_every = check_int(name, "generator_every", generator_every)
-        self.generator = MLP(self.latent_dim, hidden, dim, activation)
+        self.generator = generator
         # Both score models see standardised data (sigma_data = 1).
-        self.data_score = Diffusion(dim, hidden=score_hidden, activation=activation, sigma_data=1.0)
-        self.fake_score = Diffusion(dim, hidden=score_hidden, activation=activation, sigma_data=1.0)
+        if score_nets is None and len(shape) == 1:
+            score_hidden = check_hidden(name, (128, 128) if score_hidden is None else score_hidden)
+            act = activation or "relu"
+            self.data_score = Diffusion(shape[0], hidden=score_hidden, activation=act, sigma_data=1.0)
+            self.fake_score = Diffusion(shape[0], hidden=score_hidden, activation=act, sigma_data=1.0)
+        else:
+            # Images, or your networks: Diffusion's own network argument and image defaults.
+            nets = (None, None) if score_nets is None else score_nets
+            self.data_score = Diffusion(event_shape=shape, net=nets[0], sigma_data=1.0)
+            self.fake_score = Diffusion(event_shape=shape, net=nets[1], sigma_data=1.0)
         self.register_buffer("_steps_taken", torch.zeros((), dtype=torch.long))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -225,7 +288,7 @@ class ScoreGAN(LatentFamily):
         training steps the generator's distillation loss ``<G(z), sg[w (D_fake - D_data)]>``."""
         x, _ = self.split_batch(batch)
         y = self.scaler(x)
-        g = self.generator(self._draw_z(y.shape[0], y))
+        g = self.decoded(self._draw_z(y.shape[0], y))
         loss = self.data_score.loss(y) + self.fake_score.loss(g.detach())
         # Between generator steps its loss is weighted by 0, not left out: every parameter then has a gradient
         # at every step, as DistributedDataParallel requires.
@@ -234,11 +297,12 @@ class ScoreGAN(LatentFamily):
             self._steps_taken += 1
         ds = self.data_score
         sigma = (torch.randn(g.shape[0], dtype=g.dtype, device=g.device) * ds.P_std + ds.P_mean).exp()
+        per_row = (-1,) + (1,) * (g.dim() - 1)
         with torch.no_grad():
-            noisy = g + sigma[:, None] * torch.randn_like(g)
+            noisy = g + sigma.reshape(per_row) * torch.randn_like(g)
             real_d = self.data_score.denoise(noisy, sigma)
             fake_d = self.fake_score.denoise(noisy, sigma)
             # DMD's per-sample normalisation keeps the step size independent of the noise level.
-            weight = 1.0 / (g - real_d).abs().mean(1, keepdim=True).clamp_min(1e-4)
+            weight = 1.0 / (g - real_d).abs().flatten(1).mean(1).clamp_min(1e-4).reshape(per_row)
             direction = (fake_d - real_d) * weight
-        return loss + scale * (g * direction).sum(1).mean()
+        return loss + scale * sum_event(g * direction).mean()

@@ -149,7 +149,9 @@ class Tempered(ProbabilityTransform):
                  top_k: int = 0, min_p: float = 0.0):
         if not isinstance(model, ProbabilityTransform):
             raise TypeError(f"Tempered: `model` must be a ProbabilityTransform; got {type(model).__name__}")
-        super().__init__(model.dim, context_dim=model.context_dim)
+        super().__init__(event_shape=model.event_shape, context_dim=model.context_dim,
+                         context_shape=None if model.context_dim else (model.context_shape or None),
+                         num_classes=model.num_classes)
         self.model = model
         self.token_family = hasattr(model, "sampling_options")
         self.top_p = check_real("Tempered", "top_p", top_p, 0.0, 1.0, low_open=True)

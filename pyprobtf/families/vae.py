@@ -19,7 +19,14 @@ one to compare with the fixed Gaussian prior's.
 (2016), ``log (1/K) sum_k p(x, z_k) / q(z_k|x)``, ``z_k ~ q(z|x)``: a lower bound on
 ``log p(x)`` in expectation that tightens as ``K`` grows (``K = 1`` is the
 ELBO); its exponential is an unbiased estimate of ``p(x)``.
-All likelihoods are in nats, in data units (the standardisation's log-determinant included).
+All likelihoods are in nats, in data units (the standardisation's log-determinant included),
+summed over the event's dimensions.
+
+Networks (the user's own, or the defaults): ``encoder(x) -> (mean, log_std)``, each
+``(B, *latent_shape)``, for standardised ``x`` of shape ``(B, *event_shape)``;
+``decoder(z) -> x_mean`` ``(B, *event_shape)``, standardised units. The defaults are
+MLPs for vectors (``hidden``, ``activation``) and :class:`pyprobtf.nn.ConvEncoder` /
+:class:`pyprobtf.nn.ConvDecoder` for ``(C, H, W)`` images (``channels``).
 """
 
 from __future__ import annotations
@@ -29,35 +36,83 @@ import math
 import torch
 from torch import nn
 
-from pyprobtf.families._latent import LatentFamily, check_choice, check_int, check_real, default_latent_dim
-from pyprobtf.families._nets import MLP, check_activation, check_hidden
-from pyprobtf.transform import _check_count, seeded
+from pyprobtf.families._latent import (LatentFamily, SplitMLP, check_choice, check_int, check_module, check_real,
+                                       default_latent_dim, default_channels, event_shape_of, is_image, probe_shape,
+                                       resolve_latent_shape, sum_event, vector_options)
+from pyprobtf.transform import _check_count, check_net_output, seeded
 
 PRIORS = (None, "gaussian", "realnvp")
 _LOG_2PI = math.log(2 * math.pi)
+#: the image default latent: a vector (any family can then be the prior in Latent)
+IMAGE_LATENT = (16,)
 
 
-def _gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """``log N(x; mean, diag exp(log_std)^2)`` summed over the last dimension."""
-    return (-0.5 * ((x - mean) * torch.exp(-log_std)).square() - log_std - 0.5 * _LOG_2PI).sum(-1)
+def _gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                       event_dims: int | None = None) -> torch.Tensor:
+    """``log N(x; mean, diag exp(log_std)^2)`` summed over the last ``event_dims`` dimensions (default: all but
+    the first)."""
+    return sum_event(-0.5 * ((x - mean) * torch.exp(-log_std)).square() - log_std - 0.5 * _LOG_2PI, event_dims)
+
+
+def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder, decoder, hidden, activation,
+                          channels, *, heads: int, hidden_default, vector_cap: int = 8):
+    """``(latent_shape, encoder, decoder, defaults)``: the user's networks (both or neither), else the defaults:
+    an MLP pair for vectors, a :class:`~pyprobtf.nn.ConvEncoder`/:class:`~pyprobtf.nn.ConvDecoder` pair for images.
+    With the user's networks and no latent shape given, the latent shape is read off one call of the encoder."""
+    check_module(owner, "encoder", encoder)
+    check_module(owner, "decoder", decoder)
+    if (encoder is None) != (decoder is None):
+        raise ValueError(f"{owner}: give both `encoder` and `decoder`, or neither (for the defaults)")
+    given = encoder is not None
+    if given:
+        vector_options(owner, True, hidden, activation, hidden_default)
+        if channels is not None:
+            raise ValueError(f"{owner}: `channels` configures the default networks; it cannot be given with your "
+                             f"own networks")
+        if latent_dim is None and latent_shape is None:
+            out = probe_shape(owner, "encoder", encoder, event_shape)
+            latent_shape = out[0] if heads > 1 and isinstance(out[0], tuple) else out
+        return resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, ()), encoder, decoder, False
+    if is_image(event_shape):
+        from pyprobtf.nn.conv import ConvDecoder, ConvEncoder
+
+        for name, value in (("hidden", hidden), ("activation", activation)):
+            if value is not None:
+                raise ValueError(f"{owner}: `{name}` configures the vector default (an MLP); image defaults take "
+                                 f"`channels`")
+        latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape, IMAGE_LATENT)
+        channels = default_channels(event_shape) if channels is None else channels
+        return (latent, ConvEncoder(event_shape, latent, channels=channels, heads=heads),
+                ConvDecoder(latent, event_shape, channels=channels), True)
+    if channels is not None:
+        raise ValueError(f"{owner}: `channels` configures the image default networks; vectors take `hidden`")
+    hidden, activation = vector_options(owner, False, hidden, activation, hidden_default)
+    latent = resolve_latent_shape(owner, event_shape, latent_dim, latent_shape,
+                                  (default_latent_dim(math.prod(event_shape), None, vector_cap),))
+    return (latent, SplitMLP(event_shape, latent, hidden, activation, heads=heads),
+            SplitMLP(latent, event_shape, hidden[::-1], activation), True)
 
 
 class VAE(LatentFamily):
     """Variational autoencoder with a Gaussian decoder (see the module docstring).
 
     Args:
-        dim: data dimension.
-        latent_dim: size of ``z`` (default ``min(dim, 8)``).
-        hidden, activation: the encoder MLP's hidden widths (the decoder's are reversed).
+        dim: data dimension (shorthand for ``event_shape=(dim,)``).
+        event_shape: the shape of one sample: ``(d,)``, or ``(C, H, W)`` for images.
+        encoder, decoder: your networks (both, see the module docstring), or None for the defaults.
+        latent_dim, latent_shape: the shape of ``z`` (default: ``min(dim, 8)`` for vectors, ``(16,)`` for images;
+            read off the encoder when you give networks and no shape).
+        hidden, activation: the default vector encoder MLP's hidden widths (the decoder's are reversed).
+        channels: the default image networks' channels per level (:class:`pyprobtf.nn.ConvEncoder`).
         beta: weight of the KL term in the training loss (1: the ELBO; other values give a beta-VAE,
             whose loss is no longer the negative ELBO).
         decoder_std: ``"learned"`` (one std per feature, trained) or a fixed positive std, in standardised units.
         min_decoder_std: floor of the learned std (standardised units).
         n_samples: default number of importance samples of ``log_prob``.
         prior: ``None``/``"gaussian"`` (standard normal) or ``"realnvp"`` (a learned RealNVP prior with
-            ``prior_layers`` coupling layers of width ``prior_hidden``); or pass ``base=`` a prior yourself.
-        base: a torch Distribution over ``z`` or a ProbabilityTransform of ``dim=latent_dim``.
-        normalize: standardise the data per feature (fitted by ``initialize``).
+            ``prior_layers`` coupling layers of width ``prior_hidden``, vector latents); or pass ``base=``.
+        base: a torch Distribution over ``z`` or a ProbabilityTransform of ``event_shape=latent_shape``.
+        normalize: standardise the data (per feature, or per channel for images; fitted by ``initialize``).
 
     Example:
         >>> from pyprobtf import fit
@@ -67,6 +122,9 @@ class VAE(LatentFamily):
         >>> x = toy("8gaussians", 5, seed=1)
         >>> model.elbo(x).shape, model.log_prob(x, n_samples=100).shape
         (torch.Size([5]), torch.Size([5]))
+        >>> images = VAE(event_shape=(1, 8, 8))          # convolutional defaults, z of shape (16,)
+        >>> images.sample(3, seed=0).shape
+        torch.Size([3, 1, 8, 8])
     """
 
     # No capability is declared: log_prob is a bound (an unbiased estimate of p(x) after exp), not the exact
@@ -78,45 +136,61 @@ class VAE(LatentFamily):
     fit_defaults = {"steps": 60_000, "batch_size": 256, "lr": 3e-3, "warmup": 200, "lr_final": 0.01,
                     "betas": (0.5, 0.9)}
 
-    def __init__(self, dim: int, *, latent_dim: int | None = None, hidden=(128, 128, 128), activation: str = "relu",
-                 beta: float = 1.0, decoder_std: str | float = "learned", min_decoder_std: float = 1e-3,
-                 n_samples: int = 64, prior: str | None = None, prior_layers: int = 6, prior_hidden=(64, 64),
-                 base=None, normalize: bool = True):
+    def __init__(self, dim: int | None = None, *, event_shape=None, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None, latent_dim: int | None = None, latent_shape=None, hidden=None,
+                 activation: str | None = None, channels=None, beta: float = 1.0,
+                 decoder_std: str | float = "learned", min_decoder_std: float = 1e-3, n_samples: int = 64,
+                 prior: str | None = None, prior_layers: int = 6, prior_hidden=(64, 64), base=None,
+                 normalize: bool = True):
         name = type(self).__name__
         check_choice(name, "prior", prior, PRIORS)
-        latent_dim = default_latent_dim(dim, latent_dim, 8)
+        shape = event_shape_of(name, dim, event_shape)
+        latent_shape, encoder, decoder, self_built = build_encoder_decoder(
+            name, shape, latent_dim, latent_shape, encoder, decoder, hidden, activation, channels, heads=2,
+            hidden_default=(128, 128, 128))
         if prior == "realnvp":
             if base is not None:
                 raise ValueError(f"{name}: give `prior='realnvp'` or `base`, not both")
             from pyprobtf.families.realnvp import RealNVP
 
-            base = RealNVP(dim=check_int(name, "latent_dim", latent_dim), layers=prior_layers, hidden=prior_hidden)
-        super().__init__(dim, latent_dim, base=base, normalize=normalize)
-        hidden = check_hidden(name, hidden)
-        check_activation(name, activation)
+            if len(latent_shape) != 1:
+                raise ValueError(f"{name}: `prior='realnvp'` needs a vector latent; got latent_shape={latent_shape}")
+            base = RealNVP(dim=latent_shape[0], layers=prior_layers, hidden=prior_hidden)
+        super().__init__(None, latent_shape, event_shape=shape, base=base, normalize=normalize)
         self.beta = check_real(name, "beta", beta)
         self.n_samples = check_int(name, "n_samples", n_samples)
         self.min_decoder_std = check_real(name, "min_decoder_std", min_decoder_std, 0.0, low_open=True)
-        self.encoder = MLP(dim, hidden, 2 * self.latent_dim, activation)
-        self.decoder = MLP(self.latent_dim, hidden[::-1], dim, activation)
+        self.encoder, self.decoder = encoder, decoder
+        # The default encoder's log-std starts near exp(-1) and stays in a soft [-7, 5] range; yours is used as
+        # it comes.
+        self._soft_log_std = self_built
         if decoder_std == "learned":
-            self.decoder_log_std = nn.Parameter(torch.full((dim,), math.log(0.1)))
+            self.decoder_log_std = nn.Parameter(torch.full(self.event_shape, math.log(0.1)))
         else:
             if isinstance(decoder_std, str):
                 raise ValueError(f"{name}: `decoder_std` must be 'learned' or a positive number; got {decoder_std!r}")
             std = check_real(name, "decoder_std", decoder_std, 0.0, low_open=True)
-            self.register_buffer("decoder_log_std", torch.full((dim,), math.log(std)))
+            self.register_buffer("decoder_log_std", torch.full(self.event_shape, math.log(std)))
 
     # -------------------------------------------------------------- the networks
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, log_sigma)`` of ``q(z|x)``, each ``(B, latent_dim)``; ``x`` in data units."""
+        """``(mu, log_sigma)`` of ``q(z|x)``, each ``(B, *latent_shape)``; ``x`` in data units."""
         x = self.check_x(x, "posterior")
         return self._posterior(self.scaler(x.to(self.dtype)))
 
     def _posterior(self, y):
-        mu, log_sigma = self.encoder(y).chunk(2, dim=1)
-        # A soft floor and ceiling: exp stays finite whatever the encoder outputs early in training.
-        return mu, 6.0 * torch.tanh(log_sigma / 6.0) - 1.0
+        out = self.encoder(y)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError(f"{type(self).__name__}: `encoder` must return a pair (mean, log_std); it returned "
+                            f"{type(out).__name__}" + (f" of {len(out)} items" if isinstance(out, (tuple, list))
+                                                       else ""))
+        want = (y.shape[0], *self.latent_shape)
+        mu = check_net_output(type(self).__name__, "encoder (mean)", out[0], want)
+        log_sigma = check_net_output(type(self).__name__, "encoder (log_std)", out[1], want)
+        if self._soft_log_std:
+            # A soft floor and ceiling: exp stays finite whatever the encoder outputs early in training.
+            log_sigma = 6.0 * torch.tanh(log_sigma / 6.0) - 1.0
+        return mu, log_sigma
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -126,15 +200,15 @@ class VAE(LatentFamily):
 
     def _log_joint(self, y, z):
         """``log p(y|z) + log p(z)`` in standardised units (the prior's log-density of ``z``)."""
-        return _gaussian_log_prob(y, self.decoder(z), self._log_std()) + self.base.log_prob(z)
+        return _gaussian_log_prob(y, self.decoded(z), self._log_std()) + self.base.log_prob(z)
 
     # -------------------------------------------------------------- bounds
     def _elbo(self, y: torch.Tensor, beta: float) -> torch.Tensor:
         mu, log_sigma = self._posterior(y)
         z = mu + torch.exp(log_sigma) * torch.randn_like(mu)
-        reconstruction = _gaussian_log_prob(y, self.decoder(z), self._log_std())
+        reconstruction = _gaussian_log_prob(y, self.decoded(z), self._log_std())
         if self.standard_normal_base:
-            kl = 0.5 * (mu.square() + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma).sum(1)
+            kl = sum_event(0.5 * (mu.square() + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma))
         else:
             kl = _gaussian_log_prob(z, mu, log_sigma) - self.base.log_prob(z)
         return reconstruction - beta * kl
@@ -144,6 +218,8 @@ class VAE(LatentFamily):
         ``z ~ q(z|x)``; shape ``(B,)``. Without gradients when called under ``torch.no_grad``."""
         x = self.check_x(x, "elbo")
         n_samples = check_int(self._name("elbo"), "n_samples", n_samples)
+        if x.shape[0] == 0:
+            return x.new_zeros(0)
         with seeded(seed, self.device):
             y = self.scaler(x.to(self.dtype))
             total = sum(self._elbo(y, 1.0) for _ in range(n_samples)) / n_samples
@@ -153,11 +229,14 @@ class VAE(LatentFamily):
                  chunk: int = 64) -> torch.Tensor:
         """The importance-weighted bound on ``log p(x)`` with ``n_samples`` draws of ``q(z|x)`` (default
         ``self.n_samples``), nats, shape ``(B,)``; ``seed`` fixes the draws (None: torch's global RNG).
-        Draws are taken ``chunk`` at a time, so memory stays ``O(chunk * B * dim)``."""
+        Draws are taken ``chunk`` at a time, so memory stays ``O(chunk * B * dim)``. An empty batch gives an
+        empty result."""
         x = self.check_x(x, "log_prob")
         where = self._name("log_prob")
         n_samples = self.n_samples if n_samples is None else check_int(where, "n_samples", n_samples)
         chunk = check_int(where, "chunk", chunk)
+        if x.shape[0] == 0:  # torch's Independent.log_prob cannot reshape an empty batch
+            return x.new_zeros(0)
         with seeded(seed, self.device):
             y = self.scaler(x.to(self.dtype))
             mu, log_sigma = self._posterior(y)
@@ -165,9 +244,10 @@ class VAE(LatentFamily):
             for start in range(0, n_samples, chunk):
                 k = min(chunk, n_samples - start)
                 z = mu + torch.exp(log_sigma) * torch.randn(k, *mu.shape, dtype=mu.dtype, device=mu.device)
-                flat = z.reshape(-1, self.latent_dim)
-                log_joint = self._log_joint(y.repeat(k, 1), flat).reshape(k, -1)
-                parts.append(log_joint - _gaussian_log_prob(z, mu, log_sigma))
+                flat = z.reshape(k * y.shape[0], *self.latent_shape)
+                rows = y.expand(k, *y.shape).reshape(k * y.shape[0], *self.event_shape)
+                log_joint = self._log_joint(rows, flat).reshape(k, y.shape[0])
+                parts.append(log_joint - _gaussian_log_prob(z, mu, log_sigma, len(self.latent_shape)))
             log_w = torch.cat(parts)
         bound = torch.logsumexp(log_w, 0) - math.log(n_samples)
         return bound - self.scaler.log_scale_sum().to(bound.dtype)
@@ -190,7 +270,7 @@ class VAE(LatentFamily):
         n = _check_count(n, self._name("sample"))
         self.check_context(context, n, "sample")
         with torch.no_grad(), seeded(seed, self.device):
-            y = self.decode(self.base.sample((n,)).to(self.dtype))
+            y = self.decoded(self.base.sample((n,)).to(self.dtype))
             if noise:
                 y = y + torch.exp(self._log_std()) * torch.randn_like(y)
             return self.scaler.inverse(y)

@@ -1,10 +1,18 @@
 """VQ-VAE: a decoder over codebook entries, with a uniform or a learned autoregressive prior over code indices.
 
-The encoder maps ``x`` to ``slots`` vectors of size ``code_dim``; each is
-replaced by its nearest codebook entry by :class:`pyprobtf.nn.VectorQuantizer`
-(the seed paper's eq. 2-3: straight-through gradient, codebook and commitment
-losses; by default an EMA codebook with k-means initialisation and dead-code
-replacement), and the decoder maps the ``slots`` chosen entries back to ``x``.
+The encoder maps ``x`` to a channel-first map of code vectors ``(B, code_dim, *spatial)``
+(for vectors: ``spatial = (slots,)``); each position's vector is replaced by its
+nearest codebook entry by :class:`pyprobtf.nn.VectorQuantizer` (the seed paper's
+eq. 2-3: straight-through gradient, codebook and commitment losses; by default an
+EMA codebook with k-means initialisation and dead-code replacement), and the
+decoder maps the chosen entries ``(B, code_dim, *spatial)`` back to ``x``. There
+are ``slots = prod(spatial)`` code positions, read in row-major order.
+
+Networks (the user's own, or the defaults): ``encoder(x) -> (B, code_dim, *spatial)``
+for standardised ``x`` ``(B, *event_shape)``; ``decoder(codes) -> (B, *event_shape)``.
+The code shape is read off one call of your encoder. The defaults are MLPs for
+vectors and :class:`pyprobtf.nn.ConvEncoder`/:class:`pyprobtf.nn.ConvDecoder` for
+``(C, H, W)`` images (codes at the last level's resolution).
 
 ``x = F(u)`` for uniforms ``u`` in ``[0, 1)^slots`` (the base): the indices
 are drawn from the prior -- uniformly (``prior="uniform"``: index
@@ -20,16 +28,37 @@ and :meth:`VQVAE.codebook_usage` measure the autoencoder.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, Uniform
 
-from pyprobtf.families._latent import LatentFamily, check_choice, check_int, check_real, default_latent_dim
-from pyprobtf.families._nets import MLP, check_activation, check_hidden
+from torch import nn
+
+from pyprobtf.families._latent import (LatentFamily, check_choice, check_int, check_module, check_real,
+                                       default_latent_dim, event_shape_of, is_image, probe_shape)
+from pyprobtf.families._nets import MLP
 from pyprobtf.families.autoregressive import SAMPLING_OPTIONS, Autoregressive
-from pyprobtf.transform import Trajectory
+from pyprobtf.families.gan import image_or_vector_options
+from pyprobtf.transform import Trajectory, _check_count, check_net_output
 
 VQ_PRIORS = ("autoregressive", "uniform")
+
+
+class SlotMLP(MLP):
+    """The vector default networks: an MLP whose code side is ``(B, code_dim, slots)`` (channel-first, as the
+    protocol has it) and is laid out slot by slot inside (``(B, slots * code_dim)``, slot-major)."""
+
+    def __init__(self, n_in: int, hidden, n_out: int, activation: str, *, codes_in: bool, code_dim: int,
+                 slots: int):
+        super().__init__(n_in, hidden, n_out, activation)
+        self.codes_in, self.code_dim, self.slots = codes_in, code_dim, slots
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.codes_in:
+            return super().forward(x.transpose(1, 2).reshape(x.shape[0], self.slots * self.code_dim))
+        return super().forward(x.flatten(1)).reshape(x.shape[0], self.slots, self.code_dim).transpose(1, 2)
 
 
 def _vector_quantizer():
@@ -41,20 +70,25 @@ def _vector_quantizer():
 
 
 class VQVAE(LatentFamily):
-    """VQ-VAE for vectors (see the module docstring).
+    """VQ-VAE (see the module docstring).
 
     Args:
-        dim: data dimension.
-        slots: code vectors per sample (default ``min(dim, 8)``); the base is ``U[0, 1)^slots``.
-        code_dim: size of each code vector.
+        dim: data dimension (shorthand for ``event_shape=(dim,)``).
+        event_shape: the shape of one sample: ``(d,)``, or ``(C, H, W)`` for images.
+        encoder, decoder: your networks (both; see the module docstring), or None for the defaults.
+        slots: code positions of the default vector networks (default ``min(dim, 8)``); the base is
+            ``U[0, 1)^slots`` (``slots = prod(spatial)`` in general).
+        code_dim: size of each code vector (default 4; with your networks it is read off the encoder).
         num_codes: codebook size.
-        hidden, activation: the encoder MLP's hidden widths (the decoder's are reversed).
+        hidden, activation: the default vector encoder MLP's hidden widths (the decoder's are reversed).
+        channels: the default image networks' channels per level (codes at ``H / 2^(len(channels) - 1)``;
+            default ``(16, 32)`` up to 16x16 images, ``(32, 64)`` above).
         beta: commitment weight; ema, decay, kmeans_init, dead_code_threshold: the quantizer's options
             (:class:`pyprobtf.nn.VectorQuantizer`).
         prior: ``"autoregressive"`` (a causal transformer over the ``slots`` indices, trained jointly)
             or ``"uniform"``.
         prior_d_model, prior_layers, prior_heads: the autoregressive prior's transformer.
-        normalize: standardise the data per feature (fitted by ``initialize``).
+        normalize: standardise the data (per feature, or per channel for images; fitted by ``initialize``).
 
     Example:
         >>> from pyprobtf import fit
@@ -65,6 +99,8 @@ class VQVAE(LatentFamily):
         torch.Size([4, 2])
         >>> sorted(model.codebook_usage(toy("8gaussians", 1000)))
         ['codes_used', 'perplexity', 'usage']
+        >>> VQVAE(event_shape=(1, 8, 8)).code_shape       # 16 code positions (4x4) for 8x8 images
+        (4, 4, 4)
     """
 
     capabilities = frozenset()
@@ -72,24 +108,69 @@ class VQVAE(LatentFamily):
                     "grad_clip": 1.0}
     sampling_options = SAMPLING_OPTIONS
 
-    def __init__(self, dim: int, *, slots: int | None = None, code_dim: int = 4, num_codes: int = 64,
-                 hidden=(128, 128), activation: str = "relu", beta: float = 0.25, ema: bool = True,
-                 decay: float = 0.95, kmeans_init: bool = True, dead_code_threshold: float = 1.0,
+    def __init__(self, dim: int | None = None, *, event_shape=None, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None, slots: int | None = None, code_dim: int | None = None,
+                 num_codes: int = 64, hidden=None, activation: str | None = None, channels=None, beta: float = 0.25,
+                 ema: bool = True, decay: float = 0.95, kmeans_init: bool = True, dead_code_threshold: float = 1.0,
                  prior: str = "autoregressive", prior_d_model: int = 64, prior_layers: int = 2, prior_heads: int = 4,
                  normalize: bool = True):
         name = type(self).__name__
-        super().__init__(dim, default_latent_dim(dim, slots, 8), normalize=normalize)
+        shape = event_shape_of(name, dim, event_shape)
+        check_module(name, "encoder", encoder)
+        check_module(name, "decoder", decoder)
+        if (encoder is None) != (decoder is None):
+            raise ValueError(f"{name}: give both `encoder` and `decoder`, or neither (for the defaults)")
+        given = encoder is not None
+        if channels is None and is_image(shape) and not given:
+            # Two levels: a code map at half the resolution (16 positions for 8x8 images), short for the prior.
+            channels = (16, 32) if max(shape[1:]) <= 16 else (32, 64)
+        hidden, activation, channels = image_or_vector_options(name, shape, given, hidden, activation, channels,
+                                                               (128, 128))
+        if given:
+            if slots is not None:
+                raise ValueError(f"{name}: `slots` configures the default vector networks; with yours the code "
+                                 f"positions are read off the encoder")
+            code_shape = probe_shape(name, "encoder", encoder, shape)
+            if not (isinstance(code_shape, tuple) and code_shape and isinstance(code_shape[0], int)) or \
+                    len(code_shape) < 2:
+                raise ValueError(f"{name}: `encoder` must return one (B, code_dim, *spatial) tensor; it returned "
+                                 f"per-sample shape(s) {code_shape}")
+            if code_dim is not None and code_dim != code_shape[0]:
+                raise ValueError(f"{name}: `code_dim` ({code_dim!r}) differs from the encoder's channels "
+                                 f"({code_shape[0]})")
+        else:
+            code_dim = 4 if code_dim is None else check_int(name, "code_dim", code_dim)
+            if is_image(shape):
+                from pyprobtf.nn.conv import ConvDecoder, ConvEncoder
+
+                if slots is not None:
+                    raise ValueError(f"{name}: `slots` is for vectors; for images the code map's size follows "
+                                     f"`channels`")
+                factor = 2 ** (len(channels) - 1)
+                code_shape = (code_dim, shape[1] // factor, shape[2] // factor)
+                encoder = ConvEncoder(shape, code_shape, channels=channels)
+                decoder = ConvDecoder(code_shape, shape, channels=channels)
+            else:
+                n_slots = check_int(name, "slots", default_latent_dim(math.prod(shape), slots, 8))
+                code_shape = (code_dim, n_slots)
+                if len(shape) != 1:
+                    raise ValueError(f"{name}: the default networks take vectors (d,) or images (C, H, W); give "
+                                     f"your own for event_shape={shape}")
+                n_in = math.prod(shape)
+                encoder = SlotMLP(n_in, hidden, n_slots * code_dim, activation, codes_in=False, code_dim=code_dim,
+                                  slots=n_slots)
+                decoder = SlotMLP(n_slots * code_dim, hidden[::-1], n_in, activation, codes_in=True,
+                                  code_dim=code_dim, slots=n_slots)
+        self.code_shape = tuple(code_shape)
+        self.code_dim = self.code_shape[0]
+        super().__init__(None, (math.prod(self.code_shape[1:]),), event_shape=shape, normalize=normalize)
         self.slots = self.latent_dim
-        self.code_dim = check_int(name, "code_dim", code_dim)
         self.num_codes = check_int(name, "num_codes", num_codes)
-        hidden = check_hidden(name, hidden)
-        check_activation(name, activation)
         self.prior_type = check_choice(name, "prior", prior, VQ_PRIORS)
         check_real(name, "beta", beta)
         check_real(name, "decay", decay, 0.0, 1.0, high_open=True)
         check_real(name, "dead_code_threshold", dead_code_threshold)
-        self.encoder = MLP(dim, hidden, self.slots * self.code_dim, activation)
-        self.decoder = MLP(self.slots * self.code_dim, hidden[::-1], dim, activation)
+        self.encoder, self.decoder = encoder, decoder
         self.vq = _vector_quantizer()(self.num_codes, self.code_dim, beta=float(beta), ema=ema, decay=float(decay),
                                       kmeans_init=kmeans_init, dead_code_threshold=float(dead_code_threshold))
         self.code_prior = (Autoregressive(self.slots, vocab_size=self.num_codes, d_model=prior_d_model,
@@ -105,21 +186,31 @@ class VQVAE(LatentFamily):
 
     # -------------------------------------------------------------- encoder, quantizer, decoder
     def _codes(self, y: torch.Tensor) -> torch.Tensor:
-        return self.encoder(y).reshape(y.shape[0], self.slots, self.code_dim)
+        """The encoder's code vectors, channel-last ``(B, *spatial, code_dim)`` (as the quantizer takes them)."""
+        out = check_net_output(type(self).__name__, "encoder", self.encoder(y), (y.shape[0], *self.code_shape))
+        return out.movedim(1, -1)
+
+    def _decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Standardised ``x`` for channel-last code vectors ``(B, *spatial, code_dim)``."""
+        out = self.decoder(codes.movedim(-1, 1))
+        return check_net_output(type(self).__name__, "decoder", out, (codes.shape[0], *self.event_shape))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The code indices of ``x`` (data units), int64 ``(B, slots)``."""
+        """The code indices of ``x`` (data units), int64 ``(B, slots)`` (positions in row-major order)."""
         x = self.check_x(x, "encode")
         with torch.no_grad():
-            return self.vq.nearest(self._codes(self.scaler(x.to(self.dtype))))
+            return self.vq.nearest(self._codes(self.scaler(x.to(self.dtype)))).reshape(x.shape[0], self.slots)
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Data-unit ``x`` for code indices ``(B, slots)``."""
-        if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.shape[1] != self.slots:
+        """Data-unit ``x`` for code indices ``(B, slots)`` (or ``(B, *spatial)``)."""
+        spatial = self.code_shape[1:]
+        if not isinstance(indices, torch.Tensor) or indices.dim() < 1 or \
+                tuple(indices.shape[1:]) not in ((self.slots,), spatial):
             raise ValueError(f"{self._name('decode_indices')}: `indices` must be a tensor of shape (batch, "
-                             f"{self.slots}); got {getattr(indices, 'shape', type(indices).__name__)}")
-        codes = self.vq.embed(indices.long()).to(self.dtype)
-        return self.scaler.inverse(self.decoder(codes.reshape(indices.shape[0], -1)))
+                             f"{self.slots}) or (batch, {', '.join(map(str, spatial))}); got "
+                             f"{tuple(getattr(indices, 'shape', ())) or type(indices).__name__}")
+        codes = self.vq.embed(indices.long().reshape(indices.shape[0], *spatial)).to(self.dtype)
+        return self.scaler.inverse(self._decode_codes(codes))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """``decoder(quantize(encoder(x)))`` in data units."""
@@ -149,9 +240,10 @@ class VQVAE(LatentFamily):
         x, _ = self.split_batch(batch)
         y = self.scaler(x)
         z_q, indices, vq_loss = self.vq(self._codes(y))
-        loss = F.mse_loss(self.decoder(z_q.reshape(y.shape[0], -1)), y) + vq_loss
+        loss = F.mse_loss(self._decode_codes(z_q), y) + vq_loss
         if self.code_prior is not None:
-            loss = loss + self.code_prior.loss(indices.detach().to(y.dtype)) / self.slots
+            tokens = indices.detach().reshape(y.shape[0], self.slots).to(y.dtype)
+            loss = loss + self.code_prior.loss(tokens) / self.slots
         return loss
 
     def indices_from_uniforms(self, u: torch.Tensor, **sampling) -> torch.Tensor:
@@ -174,9 +266,10 @@ class VQVAE(LatentFamily):
 
     def sample(self, n: int, *, seed: int | None = None, context=None, **sampling) -> torch.Tensor:
         """``n`` samples; with the autoregressive prior the indices come from its per-row Philox streams."""
+        n = _check_count(n, self._name("sample"))
         if self.code_prior is None:
             return super().sample(n, seed=seed, context=context)
-        self.check_context(context, 0, "sample")
+        self.check_context(context, n, "sample")
         with torch.no_grad():
             return self.decode_indices(self.code_prior.sample(n, seed=seed, **sampling).long())
 

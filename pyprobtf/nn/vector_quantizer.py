@@ -11,6 +11,20 @@ eq. 3 without its reconstruction term::
 With ``ema=True`` the codebook term is dropped and the codebook follows
 exponential moving averages of the inputs assigned to each code instead (the
 paper's appendix A.1).
+
+Bad input: in training, a batch that would update the codebook's state (the
+k-means initialisation, the EMA statistics, dead-code replacement) must be
+finite; a NaN or infinite value raises ``ValueError`` before anything changes,
+so one bad batch never leaves a NaN code behind. In evaluation (and in training
+without any of those updates) NaN propagates as in :func:`pyprobtf.ops.vq_nearest`.
+
+Data parallel: when ``torch.distributed`` is initialised with more than one
+process, the statistics that change the codebook are combined over the ranks
+(the EMA sums and counts and the usage counts are all-reduced; the k-means
+initialisation runs on the batches of every rank gathered together and is
+broadcast from rank 0; dead codes are replaced by rows rank 0 picks, broadcast;
+the first training call takes rank 0's codebook and statistics), so every rank
+keeps the same codebook without DistributedDataParallel's help.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -76,6 +91,8 @@ class VectorQuantizer(nn.Module):
             replaced by a random input of the current batch, then has a grace
             period of about ln(2) / (1 - decay) batches. 0 disables replacement.
         backend, precision: passed to :func:`pyprobtf.ops.vq_nearest`.
+        process_group: the ``torch.distributed`` group whose ranks keep one codebook
+            (default: the default group, when ``torch.distributed`` is initialised).
 
     Shapes:
         ``z``: ``(B, D)`` or ``(B, ..., D)`` (channel-last, e.g. ``(B, H, W, D)``;
@@ -113,6 +130,7 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: float = 0.0,
         backend: str = "auto",
         precision: str = "exact",
+        process_group=None,
     ):
         super().__init__()
         if isinstance(num_codes, bool) or not isinstance(num_codes, int) or num_codes < 1:
@@ -135,6 +153,8 @@ class VectorQuantizer(nn.Module):
         self.beta, self.metric, self.ema, self.decay, self.eps = float(beta), metric, ema, float(decay), float(eps)
         self.kmeans_iters, self.dead_code_threshold = kmeans_iters, float(dead_code_threshold)
         self.backend, self.precision = backend, precision
+        self.process_group = process_group
+        self._state_shared = False
 
         # The initialisation of the widely used PyTorch VQ-VAE: small codes around the origin.
         init = torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
@@ -178,6 +198,10 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> VQOutput:
         flat = self._flatten(z)
         target = F.normalize(flat, dim=-1) if self.metric == "cosine" else flat
+        if self.training and not self._state_shared:
+            self._share_state()
+        if self.training and (self.ema or self.dead_code_threshold > 0 or not self._initialized):
+            self._check_finite(flat)
         if self.training and not self._initialized:
             # Reading the buffer synchronises with the device: done until it is set, then cached.
             self._initialized = bool(self.initialized)
@@ -196,6 +220,8 @@ class VectorQuantizer(nn.Module):
 
         with torch.no_grad():
             counts = torch.bincount(indices, minlength=self.num_codes).to(self.usage_ema.dtype)
+            if self.training:
+                counts = self._all_reduce(counts)
             self._record_statistics(counts)
             self.replaced = 0
             if self.training:
@@ -208,6 +234,57 @@ class VectorQuantizer(nn.Module):
         return VQOutput(z_q_st.reshape(z.shape), indices.reshape(z.shape[:-1]), loss)
 
     # ------------------------------------------------------------------------- internals
+
+    def _world(self):
+        """The process group whose ranks share the codebook, or None when this process is alone."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        group = self.process_group if self.process_group is not None else dist.group.WORLD
+        return group if dist.get_world_size(group) > 1 else None
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        group = self._world()
+        if group is not None:
+            dist.all_reduce(tensor, group=group)
+        return tensor
+
+    def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        group = self._world()
+        if group is not None:
+            dist.broadcast(tensor, src=dist.get_global_rank(group, 0), group=group)
+        return tensor
+
+    @torch.no_grad()
+    def _share_state(self) -> None:
+        """On the first training call, every rank takes rank 0's codebook and statistics."""
+        if self._world() is not None:
+            self._broadcast(self.codebook.data)
+            for buffer in self.buffers():
+                self._broadcast(buffer)
+        self._state_shared = True
+
+    def _check_finite(self, flat: torch.Tensor) -> None:
+        """Refuse (on every rank alike) a training batch with NaN or inf before it touches the codebook."""
+        bad = self._all_reduce((~torch.isfinite(flat.detach())).sum().to(torch.float64))
+        if bool(bad > 0):
+            where = " (summed over the ranks)" if self._world() is not None else ""
+            raise ValueError(
+                f"VectorQuantizer: `z` must be finite in training (it updates the codebook); got {int(bad)} NaN or "
+                f"infinite value(s){where}")
+
+    def _gathered(self, data: torch.Tensor) -> torch.Tensor:
+        """The rows of ``data`` of every rank, rank order (this rank's alone when it is alone)."""
+        group = self._world()
+        if group is None:
+            return data
+        sizes = [torch.zeros((), dtype=torch.int64, device=data.device) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(sizes, torch.tensor(data.shape[0], device=data.device), group=group)
+        longest = max(int(n) for n in sizes)
+        padded = data.new_zeros(longest, data.shape[1])
+        padded[: data.shape[0]] = data
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded, group=group)
+        return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
 
     def _flatten(self, z: torch.Tensor) -> torch.Tensor:
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
@@ -239,6 +316,7 @@ class VectorQuantizer(nn.Module):
 
     def _ema_update(self, target: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
         sums, _ = code_statistics(target.to(self.ema_sums.dtype), indices, self.num_codes)
+        sums = self._all_reduce(sums.contiguous())  # counts arrive all-reduced
         self.ema_counts.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
         self.ema_sums.mul_(self.decay).add_(sums, alpha=1.0 - self.decay)
         n = self.ema_counts.sum()
@@ -252,10 +330,14 @@ class VectorQuantizer(nn.Module):
 
     def _replace_dead_codes(self, target: torch.Tensor) -> None:
         dead = (self.code_usage() < self.dead_code_threshold).nonzero().flatten()
-        if dead.numel() == 0 or target.shape[0] == 0:
+        if dead.numel() == 0:
             return
+        if target.shape[0] == 0:  # rank 0 may still have rows: take its picks
+            if self._world() is None:
+                return
+            target = target.new_zeros(1, target.shape[1])
         pick = torch.randint(target.shape[0], (dead.numel(),), device=target.device)
-        new = target[pick].to(self.codebook.dtype)
+        new = self._broadcast(target[pick].to(self.codebook.dtype).contiguous())  # rank 0's picks everywhere
         self.codebook.data[dead] = new
         # A grace period: the usage of a replaced code starts at twice the threshold, so
         # unused it is judged dead again after about ln(2) / (1 - decay) batches.
@@ -266,14 +348,17 @@ class VectorQuantizer(nn.Module):
         self.replaced = int(dead.numel())
 
     def _distances_to(self, data: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        """Distances in float64: finite for every finite float32 input (1e38 squared is not a float32)."""
+        data, center = data.to(torch.float64), center.to(torch.float64)
         if self.metric == "cosine":  # unit vectors
             return (1.0 - data @ center).clamp_min(0.0)
         return ((data - center) ** 2).sum(1)
 
     @torch.no_grad()
     def _kmeans_init(self, target: torch.Tensor) -> None:
-        """k-means++ seeding (Arthur and Vassilvitskii, 2007), then Lloyd iterations."""
-        data = target.to(self.codebook.dtype)
+        """k-means++ seeding (Arthur and Vassilvitskii, 2007), then Lloyd iterations (on rank 0's view
+        of every rank's batch, then broadcast)."""
+        data = self._gathered(target.to(self.codebook.dtype).contiguous())
         n = data.shape[0]
         if n == 0:
             return
@@ -288,11 +373,13 @@ class VectorQuantizer(nn.Module):
             nearest = torch.minimum(nearest, self._distances_to(data, centroids[i]))
         for _ in range(self.kmeans_iters):
             indices, _ = vq_nearest(data, centroids, metric=self.metric, backend=self.backend)
-            sums, counts = code_statistics(data, indices, self.num_codes)
+            sums, counts = code_statistics(data.to(torch.float64), indices, self.num_codes)
             used = counts > 0
-            centroids[used] = sums[used] / counts[used, None]  # empty clusters keep their centroid
+            # Means in float64 (float32 sums of values near 1e38 overflow); empty clusters keep their centroid.
+            centroids[used] = (sums[used] / counts[used, None]).to(centroids.dtype)
             if self.metric == "cosine":
                 centroids = F.normalize(centroids, dim=-1)
+        centroids = self._broadcast(centroids.contiguous())
         self._set_codebook(centroids)
         if self.ema:
             self.ema_counts.fill_(1.0)

@@ -62,6 +62,15 @@ def boolean(op: str, name: str, value) -> bool:
     return value
 
 
+def as_float(op: str, name: str, value) -> float:
+    """A real number as a float64; an int too large for one is a ValueError naming the argument."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{op}: `{name}` must fit in a float64 (|value| <= 1.8e308); got an integer of "
+                         f"{int(value).bit_length()} bits") from None
+
+
 def positive_finite(op: str, name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: `{name}` must be a real number; got {type(value).__name__}")

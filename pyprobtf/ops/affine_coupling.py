@@ -6,10 +6,14 @@
     forward:  y = x * exp(s) + shift,        ladj[b] =  sum over event of s
     inverse:  y = (x - shift) * exp(-s),     ladj[b] = -sum over event of s
 
-with ``s = scale`` (``"exp"``), ``clamp * tanh(scale / clamp)`` (``"softclamp"``)
-or ``log(sigmoid(scale + 2))`` (``"sigmoid"``). Gradients for all three inputs
-come from one fused backward pass (higher derivatives, with
-``create_graph=True``, from the same chain rule written in torch ops).
+with ``s = scale`` (``"exp"``), ``clamp * tanh(scale / clamp)`` (``"softclamp"``),
+``log(sigmoid(scale + 2))`` (``"sigmoid"``), ``scale / (1 + |scale| / clamp)``
+(``"softclip"``: zuko's monotonic affine transform, ``clamp = -log(slope)``),
+``log(sigmoid(scale + 2) + 1e-3)`` (``"sigmoid_eps"``: nflows) or
+``-log(sigmoid(scale + 2))`` (``"inv_sigmoid"``: normflows' ``scale_map="sigmoid"``).
+Gradients for all three inputs come from one fused backward pass (higher
+derivatives, with ``create_graph=True``, from the same chain rule written in
+torch ops).
 
 Two call paths share the same backend launchers: eager calls on plain tensors
 go through a ``torch.autograd.Function`` (a few microseconds of overhead);
@@ -26,7 +30,7 @@ from pyprobtf import reference
 from pyprobtf.ops import _backends, _native, _validate
 
 OP = "affine_coupling"
-SCALE_FNS = {"exp": 0, "softclamp": 1, "sigmoid": 2}
+SCALE_FNS = {"exp": 0, "softclamp": 1, "sigmoid": 2, "softclip": 3, "sigmoid_eps": 4, "inv_sigmoid": 5}
 
 # Order `auto` tries on each device type, fastest first, as measured by
 # benchmarks/bench_affine_coupling.py (benchmarks/results/affine_coupling-*.md).
@@ -218,9 +222,13 @@ def affine_coupling(
         shift: additive term, same shape, dtype and device as ``x``.
         scale: unconstrained log-scale ``a``, same shape, dtype and device.
         scale_fn: how ``a`` becomes the log-multiplier ``s``: ``"exp"``
-            (``s = a``), ``"softclamp"`` (``s = clamp * tanh(a / clamp)``) or
-            ``"sigmoid"`` (``s = log(sigmoid(a + 2))``).
-        clamp: bound of ``|s|`` for ``"softclamp"``; positive and finite.
+            (``s = a``), ``"softclamp"`` (``s = clamp * tanh(a / clamp)``),
+            ``"sigmoid"`` (``s = log(sigmoid(a + 2))``), ``"softclip"``
+            (``s = a / (1 + |a| / clamp)``, zuko's), ``"sigmoid_eps"``
+            (``s = log(sigmoid(a + 2) + 1e-3)``, nflows') or ``"inv_sigmoid"``
+            (``s = -log(sigmoid(a + 2))``, normflows' ``"sigmoid"``).
+        clamp: bound of ``|s|`` for ``"softclamp"`` and ``"softclip"``;
+            positive and finite.
         inverse: apply the inverse map ``(x - shift) * exp(-s)``.
         backend: ``"auto"`` (the fastest verified backend for the tensors'
             device), ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.

@@ -29,14 +29,12 @@ from typing import Optional
 
 import torch
 
-from pyprobtf import reference
+from pyprobtf import reference, seeds
 from pyprobtf.ops import _backends, _native, _validate
-from pyprobtf.reference.lincomb import signed_int64
 
 OP = "lincomb"
 MAX_INPUTS = 4
-_INT64_MIN, _UINT64_END = -(1 << 63), 1 << 64
-_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_INT64_MIN = -(1 << 63)
 
 # Order `auto` tries on each device type, fastest first, as measured by
 # benchmarks/bench_solvers.py (benchmarks/results/solvers-*.md).
@@ -122,8 +120,25 @@ def _direct_target(out: torch.Tensor, inputs: Sequence[torch.Tensor], others: Se
     return out2
 
 
+def _check_noise_rows(nt) -> None:
+    """A ``noise_std`` tensor must hold non-negative finite values, as the number form must.
+
+    Checked here, on real tensors (also inside the custom op under torch.compile); skipped
+    while a CUDA graph is captured, where reading a value back is not allowed.
+    """
+    if nt is None or nt.numel() == 0:
+        return
+    if nt.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    bad = ~(torch.isfinite(nt) & (nt >= 0))
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(f"{OP}: `noise_std` must be non-negative and finite; got {nt[row].item()} at row {row}")
+
+
 def _compute(tensors, cv, ct, nv, nt, sv, st, offset, backend, out=None):
     """The op on validated, normalised arguments; fills and returns ``out`` (a new tensor when None)."""
+    _check_noise_rows(nt)
     first = tensors[0]
     name = _backends.resolve(OP, backend, first.device.type)
     noise = _has_noise(nv, nt)
@@ -373,7 +388,29 @@ def _number_or_rows(name: str, value, batch: int, ref: torch.Tensor) -> tuple[fl
         return 0.0, _per_row(name, value, batch, ref, dtypes=_validate.FLOAT_DTYPES, kind="a floating-point")
     if not _is_real_number(value):
         raise TypeError(f"{OP}: `{name}` must be a real number or a tensor of shape (B,); got {type(value).__name__}")
-    return float(value), None
+    return _validate.as_float(OP, name, value), None
+
+
+def _has_internal_overlap(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` share one memory location (exact, for any strides)."""
+    dims = sorted((abs(stride), size) for size, stride in zip(t.shape, t.stride()) if size > 1)
+    if t.numel() == 0 or not dims:
+        return False
+    if dims[0][0] == 0:
+        return True
+    # Strides that each clear the span of the smaller ones never overlap (every usual layout).
+    span = 0
+    for stride, size in dims:
+        if stride <= span:
+            break
+        span += stride * (size - 1)
+    else:
+        return False
+    # Anything else: compare the element offsets themselves.
+    offsets = torch.zeros(1, dtype=torch.int64)
+    for stride, size in dims:
+        offsets = (offsets[:, None] + stride * torch.arange(size, dtype=torch.int64)).reshape(-1)
+    return torch.unique(offsets).numel() < offsets.numel()
 
 
 def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
@@ -406,33 +443,29 @@ def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
 
     sv, st = 0, None
     if isinstance(seed, torch.Tensor):
-        st = _per_row("seed", seed, batch, first, dtypes=_INTEGER_DTYPES, kind="an integer")
+        seeds.check_seed_tensor(seed, OP)
+        st = _per_row("seed", seed, batch, first, dtypes=seeds.INTEGER_TENSOR_DTYPES, kind="an integer")
     elif seed is None:
         if noise:  # like torch.randn: reproducible under torch.manual_seed
             sv = int(torch.randint(_INT64_MIN, (1 << 63) - 1, (), dtype=torch.int64).item())
     elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        if not _INT64_MIN <= int(seed) < _UINT64_END:
-            raise ValueError(f"{OP}: `seed` must be an integer in [-2^63, 2^64); got {seed}")
-        sv = signed_int64(int(seed))
+        sv = seeds.signed_int64(seeds.check_seed(seed, OP))
     else:
         raise TypeError(f"{OP}: `seed` must be an integer, an integer tensor of shape (B,) or None; "
                         f"got {type(seed).__name__}")
 
-    if not isinstance(offset, numbers.Integral) or isinstance(offset, bool):
-        raise TypeError(f"{OP}: `offset` must be an integer; got {type(offset).__name__}")
-    if not 0 <= int(offset) < 1 << 63:
-        raise ValueError(f"{OP}: `offset` must be in [0, 2^63); got {offset}")
+    offset = seeds.signed_int64(seeds.check_counter(offset, OP))
 
     if out is not None:
         _validate.same_as(OP, "out", out, "tensors[0]", first)
-        if any(stride == 0 and size > 1 for size, stride in zip(out.shape, out.stride())):
+        if _has_internal_overlap(out):
             raise ValueError(f"{OP}: `out` must not have several elements in one memory location "
-                             "(e.g. an expanded tensor)")
+                             f"(e.g. an expanded tensor); got shape {tuple(out.shape)} with strides {out.stride()}")
         if _needs_grad(tensors, ct, nt):
             raise RuntimeError(f"{OP}: `out=` does not support automatic differentiation (an input requires "
                                "grad); call it under torch.no_grad() or without `out`")
     _validate.choice(OP, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
-    return tensors, cv, ct, nv, nt, sv, st, int(offset)
+    return tensors, cv, ct, nv, nt, sv, st, offset
 
 
 # ----------------------------------------------------------------------------- public op
@@ -457,12 +490,14 @@ def lincomb(
             shape ``(B,)`` (one value per row) on the tensors' device.
         noise_std: scale of the added noise: a non-negative number (0: no noise) or
             a ``(B,)`` tensor (noise is then always drawn).
-        seed: the Philox key of the noise: an integer (element with flat index ``i``
-            gets ``N(seed, offset + i)``), or an integer tensor of shape ``(B,)`` (element
+        seed: the Philox key of the noise: an int in ``[-2^63, 2^64)``, taken modulo ``2^64``
+            (:mod:`pyprobtf.seeds`; element with flat index ``i`` gets
+            ``N(seed, offset + i)``), or an int8/16/32/64 or uint8 tensor of shape ``(B,)`` (element
             ``j`` of row ``b`` gets ``N(seed[b], offset + j)``: noise that does not depend
             on the batch size or on the other rows). ``None`` draws an integer seed from
             torch's default generator (pass one explicitly under ``torch.compile``).
-        offset: counter of the first element, in ``[0, 2^63)``. Consecutive draws from one
+        offset: counter of the first element: an int in ``[-2^63, 2^64)``, taken modulo ``2^64``
+            (counters ``offset + i`` wrap modulo ``2^64``). Consecutive draws from one
             seed use disjoint counters, e.g. ``offset = step * numel`` (``step * row_numel``
             with per-row seeds).
         out: write the result here (same shape, dtype and device; may be one of

@@ -25,7 +25,7 @@ import numbers
 
 import torch
 
-from pyprobtf import reference
+from pyprobtf import reference, seeds
 from pyprobtf.ops import _backends, _native, _validate
 from pyprobtf.reference.sampling import compute_dtype
 
@@ -42,7 +42,8 @@ _backends.register_op(FILTER, _AUTO)
 OK, BAD_TEMPERATURE, BAD_TOP_K, BAD_TOP_P, BAD_MIN_P, BAD_UNIFORM, NAN_LOGIT, POS_INF_LOGIT, ALL_NEG_INF = range(9)
 
 _RULES = {
-    "temperature": "must be a finite number >= 0 (0 is greedy)",
+    "temperature": "must be a finite number >= 0 (0 is greedy) that stays finite in the compute dtype "
+                   "(at most 3.4028235e38 unless the logits are float64)",
     "top_k": "must be an integer >= 0 (0 keeps every token)",
     "top_p": "must be in (0, 1]",
     "min_p": "must be in [0, 1)",
@@ -53,10 +54,13 @@ _PARAM_OF_STATUS = {BAD_TEMPERATURE: "temperature", BAD_TOP_K: "top_k", BAD_TOP_
                     BAD_UNIFORM: "uniform"}
 
 
-def _in_range(name: str, v):
-    """Whether ``v`` (a number, or elementwise a tensor) is in the domain of parameter ``name``."""
+def _in_range(name: str, v, compute: torch.dtype = torch.float64):
+    """Whether ``v`` (a number, or elementwise a tensor) is in the domain of parameter ``name``.
+
+    A temperature must be finite once rounded to the compute dtype ``compute``.
+    """
     if name == "temperature":
-        return (v >= 0) & (v <= _FLOAT64_MAX)  # NaN and inf fail
+        return (v >= 0) & (v < _ROUNDS_TO_INF[compute])  # NaN and inf fail
     if name == "top_k":
         return v >= 0
     if name == "top_p":
@@ -64,7 +68,8 @@ def _in_range(name: str, v):
     return (v >= 0) & (v < 1)  # min_p, uniform
 
 
-_FLOAT64_MAX = 1.7976931348623157e308
+# The smallest numbers that round to inf in each compute dtype (round to nearest even).
+_ROUNDS_TO_INF = {torch.float64: math.inf, torch.float32: 2.0**128 - 2.0**103}
 
 
 # ----------------------------------------------------------------------------- argument normalisation
@@ -74,10 +79,16 @@ def _number_param(op: str, name: str, value, integer: bool):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
         kind = "an integer" if integer else "a real number"
         raise TypeError(f"{op}: `{name}` must be {kind} or a (B,) tensor; got {type(value).__name__}")
-    value = int(value) if integer else float(value)
+    value = int(value) if integer else _validate.as_float(op, name, value)
     if not _in_range(name, value):
         raise ValueError(f"{op}: `{name}` {_RULES[name]}; got {value}")
+    if integer:
+        # top_k >= V keeps every token, so any larger value means the same as V: clamp to what int64 holds.
+        value = min(value, _INT64_MAX)
     return value
+
+
+_INT64_MAX = 2**63 - 1
 
 
 def _tensor_param(op: str, name: str, value: torch.Tensor, logits: torch.Tensor, dtype: torch.dtype):
@@ -88,8 +99,8 @@ def _tensor_param(op: str, name: str, value: torch.Tensor, logits: torch.Tensor,
         raise ValueError(f"{op}: `{name}` must be {what} of shape (B,) = ({rows},); got shape {tuple(value.shape)}")
     if value.device != logits.device:
         raise ValueError(f"{op}: `{name}` must be on the device of `logits`, {logits.device}; got {value.device}")
-    if dtype == torch.int64 and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
-        raise TypeError(f"{op}: `{name}` must be an integer tensor; got {value.dtype}")
+    if dtype == torch.int64:
+        return seeds.check_seed_tensor(value, op, name)  # one rule for every integer tensor (pyprobtf.seeds)
     if dtype == torch.float64 and (value.is_complex() or value.dtype == torch.bool):
         raise TypeError(f"{op}: `{name}` must be a real-valued tensor; got {value.dtype}")
     return value.to(dtype)
@@ -100,11 +111,6 @@ def _param(op: str, name: str, value, logits: torch.Tensor, integer: bool = Fals
     if isinstance(value, torch.Tensor):
         return _tensor_param(op, name, value, logits, torch.int64 if integer else torch.float64), 0
     return None, _number_param(op, name, value, integer)
-
-
-def _wrap_int64(value: int) -> int:
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _check_logits(op: str, logits) -> None:
@@ -154,7 +160,7 @@ def _reference_status(logits, params, uniform) -> torch.Tensor:
     status = torch.zeros(rows, dtype=torch.int32, device=logits.device)
     x = logits.to(compute_dtype(logits.dtype))
     checks = [
-        (BAD_TEMPERATURE, ~_rows_in_range("temperature", params["temperature"], rows, x.device)),
+        (BAD_TEMPERATURE, ~_rows_in_range("temperature", params["temperature"], rows, x.device, x.dtype)),
         (BAD_TOP_K, ~_rows_in_range("top_k", params["top_k"], rows, x.device)),
         (BAD_TOP_P, ~_rows_in_range("top_p", params["top_p"], rows, x.device)),
         (BAD_MIN_P, ~_rows_in_range("min_p", params["min_p"], rows, x.device)),
@@ -168,10 +174,31 @@ def _reference_status(logits, params, uniform) -> torch.Tensor:
     return status
 
 
-def _rows_in_range(name, param, rows, device) -> torch.Tensor:
+def _rows_in_range(name, param, rows, device, compute=torch.float64) -> torch.Tensor:
     tensor, number = param
     values = tensor if tensor is not None else torch.full((rows,), number, dtype=torch.float64, device=device)
-    return _in_range(name, values)
+    return _in_range(name, values, compute)
+
+
+def _temperature_overflow(params, logits) -> torch.Tensor | None:
+    """Rows whose temperature tensor entry is finite in float64 but rounds to inf in float32 compute.
+
+    The kernels check temperatures in float64; this adds the compute-dtype rule for them
+    (number temperatures are checked before any launch).
+    """
+    tensor = params["temperature"][0]
+    if tensor is None or compute_dtype(logits.dtype) == torch.float64:
+        return None
+    return tensor.isfinite() & (tensor >= _ROUNDS_TO_INF[torch.float32])
+
+
+def _merge_temperature_status(status, params, logits) -> bool:
+    """Mark rows with an overflowing temperature bad (temperature is checked first); whether any could be."""
+    overflow = _temperature_overflow(params, logits)
+    if overflow is None:
+        return False
+    status.copy_(torch.where(overflow, BAD_TEMPERATURE, status))
+    return True
 
 
 # ----------------------------------------------------------------------------- backends
@@ -235,7 +262,8 @@ def _sample(logits, params, uniform, seed, offset, backend):
     tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
     logprobs = torch.empty(rows, dtype=compute_dtype(logits.dtype), device=logits.device)
     status = torch.empty(rows, dtype=torch.int32, device=logits.device)
-    if _launch(name, logits, params, uniform, seed, offset, tokens, logprobs, status, None):
+    launched_check = _launch(name, logits, params, uniform, seed, offset, tokens, logprobs, status, None)
+    if _merge_temperature_status(status, params, logits) or launched_check:
         _check_status(SAMPLE, status, params | {"uniform": (uniform, 0)})
     return tokens, logprobs
 
@@ -248,7 +276,8 @@ def _filter(logits, params, backend):
     rows, cols = logits.shape
     filtered = torch.empty(rows, cols, dtype=logits.dtype, device=logits.device)
     status = torch.empty(rows, dtype=torch.int32, device=logits.device)
-    if _launch(name, logits, params, None, (None, 0), (None, 0), None, None, status, filtered):
+    launched_check = _launch(name, logits, params, None, (None, 0), (None, 0), None, None, status, filtered)
+    if _merge_temperature_status(status, params, logits) or launched_check:
         _check_status(FILTER, status, params)
     return filtered
 
@@ -321,10 +350,15 @@ _filter_logits_op.register_autograd(_filter_backward, setup_context=_filter_setu
 
 def _normalise(op, logits, temperature, top_k, top_p, min_p):
     _check_logits(op, logits)
-    return _params_dict(
+    params = _params_dict(
         *_param(op, "temperature", temperature, logits), *_param(op, "top_k", top_k, logits, integer=True),
         *_param(op, "top_p", top_p, logits), *_param(op, "min_p", min_p, logits),
     )
+    t_tensor, t_number = params["temperature"]
+    if t_tensor is None and not _in_range("temperature", t_number, compute_dtype(logits.dtype)):
+        raise ValueError(f"{op}: `temperature` {_RULES['temperature']}; got {t_number} (it overflows "
+                         f"{compute_dtype(logits.dtype)}, the compute dtype of {logits.dtype} logits)")
+    return params
 
 
 def _flat(params: dict) -> list:
@@ -358,20 +392,23 @@ def sample_logits(
 
     Args:
         logits: ``(B, V)`` float32, float16, bfloat16 or float64, any strides.
-        temperature: a number ``>= 0`` or a ``(B,)`` tensor, one per row.
-        top_k: an integer ``>= 0`` (0, or ``>= V``, keeps every token) or a ``(B,)`` integer tensor.
+        temperature: a number ``>= 0`` or a ``(B,)`` tensor, one per row; finite once rounded
+            to the compute dtype (at most ``3.4028235e38`` unless the logits are float64).
+        top_k: an integer ``>= 0`` (0, or ``>= V`` however large, keeps every token) or a
+            ``(B,)`` integer tensor.
         top_p: in ``(0, 1]`` (1 keeps every token), or a ``(B,)`` tensor.
         min_p: in ``[0, 1)`` (0 keeps every token), or a ``(B,)`` tensor.
         uniform: a ``(B,)`` tensor of uniforms in ``[0, 1)``, one per row: the
             op is then a deterministic function of them.
-        seed: an integer (row ``b`` uses Philox key ``seed`` and counter
-            ``offset + b``) or a ``(B,)`` integer tensor (row ``b`` uses key
+        seed: an int in ``[-2^63, 2^64)``, taken modulo ``2^64`` (:mod:`pyprobtf.seeds`; row
+            ``b`` uses Philox key ``seed`` and counter ``offset + b``) or a ``(B,)`` int8/16/32/64
+            or uint8 tensor (row ``b`` uses key
             ``seed[b]`` and counter ``offset[b]``: per-request seeds that do not
             depend on the batch). The uniform is the 53-bit float64
             ``((w0 >> 5) * 2^26 + (w1 >> 6)) * 2^-53`` of the first two Philox
             words, computed inside the kernel (works in CUDA graphs).
-        offset: an integer or a ``(B,)`` integer tensor: the Philox counter
-            (advance it by one per step for a fresh draw).
+        offset: an int in ``[-2^63, 2^64)`` (modulo ``2^64``) or a ``(B,)`` integer tensor:
+            the Philox counter (advance it by one per step for a fresh draw).
         generator: a ``torch.Generator`` for ``torch.rand(B, dtype=float64)``;
             used when neither ``uniform`` nor ``seed`` is given (default: torch's
             global generator).
@@ -412,13 +449,13 @@ def sample_logits(
         if isinstance(seed, torch.Tensor):
             seed_t = _tensor_param(SAMPLE, "seed", seed, logits, torch.int64)
         elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-            seed_n = _wrap_int64(int(seed))
+            seed_n = seeds.signed_int64(seeds.check_seed(seed, SAMPLE))
         else:
             raise TypeError(f"{SAMPLE}: `seed` must be an integer or a (B,) integer tensor; got {type(seed).__name__}")
         if isinstance(offset, torch.Tensor):
             offset_t = _tensor_param(SAMPLE, "offset", offset, logits, torch.int64)
         elif isinstance(offset, numbers.Integral) and not isinstance(offset, bool):
-            offset_n = _wrap_int64(int(offset))
+            offset_n = seeds.signed_int64(seeds.check_counter(offset, SAMPLE))
         else:
             raise TypeError(f"{SAMPLE}: `offset` must be an integer or a (B,) integer tensor; "
                             f"got {type(offset).__name__}")

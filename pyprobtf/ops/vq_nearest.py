@@ -27,6 +27,7 @@ import torch
 
 from pyprobtf import reference
 from pyprobtf.ops import _backends, _native, _validate
+from pyprobtf.reference.vq_nearest import needs_overflow_rule
 
 OP = "vq_nearest"
 METRICS = {"l2": 0, "cosine": 1, "dot": 2}
@@ -92,8 +93,21 @@ def _forward_triton(x, codebook, indices, dist, metric, precision):
 _FORWARD = {"cpp": _forward_cpp, "cuda": _forward_cuda, "triton": _forward_triton}
 
 
+def _overflow_rule_applies(x, codebook) -> bool:
+    """Whether this call is answered by the reference's overflow rule on every backend.
+
+    Not checked while a CUDA graph is captured (no value may be read back there):
+    captured calls on such inputs follow the backend's own float64 arithmetic.
+    """
+    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    return needs_overflow_rule(x, codebook)
+
+
 def _forward(x, codebook, metric: str, k: int, precision: str, backend: str):
     name = _backends.resolve(OP, backend, x.device.type)
+    if name != "reference" and _overflow_rule_applies(x, codebook):
+        name = "reference"  # NaN, inf or overflow: one order-free rule for every backend
     if name == "reference":
         indices, dist = reference.vq_nearest(x, codebook, metric, k)
         return indices.contiguous(), dist.contiguous()

@@ -7,17 +7,53 @@ import math
 import torch
 import torch.nn.functional as F
 
-SCALE_FNS = ("exp", "softclamp", "sigmoid")
+SCALE_FNS = ("exp", "softclamp", "sigmoid", "softclip", "sigmoid_eps", "inv_sigmoid")
+
+# nflows' floor on the multiplier: sigmoid(a + 2) + SIGMOID_EPS.
+SIGMOID_EPS = 1e-3
 
 
 def log_multiplier(scale: torch.Tensor, scale_fn: str, clamp: float) -> torch.Tensor:
-    """s(a): the log of the multiplier applied to x."""
+    """s(a): the log of the multiplier applied to x.
+
+    ``"exp"``: ``a``; ``"softclamp"``: ``clamp * tanh(a / clamp)``;
+    ``"sigmoid"``: ``log(sigmoid(a + 2))``; ``"softclip"``:
+    ``a / (1 + |a| / clamp)`` (zuko's monotonic affine transform with
+    ``clamp = -log(slope)``); ``"sigmoid_eps"``: ``log(sigmoid(a + 2) + 1e-3)``
+    (nflows); ``"inv_sigmoid"``: ``-log(sigmoid(a + 2))`` (normflows'
+    ``scale_map="sigmoid"``, which divides by the sigmoid).
+    """
     if scale_fn == "exp":
         return scale
     if scale_fn == "softclamp":
         return clamp * torch.tanh(scale / clamp)
     if scale_fn == "sigmoid":
         return -F.softplus(-(scale + 2.0))  # log(sigmoid(a + 2)), without overflow
+    if scale_fn == "softclip":
+        return scale / (1.0 + scale.abs() / clamp)
+    if scale_fn == "sigmoid_eps":
+        return torch.log(torch.sigmoid(scale + 2.0) + SIGMOID_EPS)
+    if scale_fn == "inv_sigmoid":
+        return F.softplus(-(scale + 2.0))
+    raise ValueError(f"scale_fn must be one of {SCALE_FNS}, got {scale_fn!r}")
+
+
+def dlog_multiplier(scale: torch.Tensor, s: torch.Tensor, scale_fn: str, clamp: float) -> torch.Tensor:
+    """ds/da, given ``s = log_multiplier(scale, scale_fn, clamp)``."""
+    if scale_fn == "exp":
+        return torch.ones_like(scale)
+    if scale_fn == "softclamp":
+        return 1.0 - (s / clamp) ** 2
+    if scale_fn == "sigmoid":
+        return torch.exp(s - (scale + 2.0))  # 1 - sigmoid(a + 2), no cancellation for large a
+    if scale_fn == "softclip":
+        return (1.0 + scale.abs() / clamp) ** -2
+    if scale_fn == "sigmoid_eps":
+        z = scale + 2.0
+        sig = torch.sigmoid(z)
+        return sig * torch.sigmoid(-z) / (sig + SIGMOID_EPS)
+    if scale_fn == "inv_sigmoid":
+        return -torch.exp(-s - (scale + 2.0))  # -(1 - sigmoid(a + 2))
     raise ValueError(f"scale_fn must be one of {SCALE_FNS}, got {scale_fn!r}")
 
 
@@ -67,12 +103,7 @@ def affine_coupling_backward(
     xc, tc, ac, gy = (t.to(compute) for t in (x, shift, scale, grad_y))
     gl = grad_ladj.to(compute).reshape((-1,) + (1,) * (x.dim() - 1))
     s = log_multiplier(ac, scale_fn, clamp)
-    if scale_fn == "exp":
-        ds = torch.ones_like(ac)
-    elif scale_fn == "softclamp":
-        ds = 1.0 - (s / clamp) ** 2
-    else:
-        ds = torch.exp(s - (ac + 2.0))  # 1 - sigmoid(a + 2)
+    ds = dlog_multiplier(ac, s, scale_fn, clamp)
     if inverse:
         e = torch.exp(-s)
         gx = gy * e

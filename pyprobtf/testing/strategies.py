@@ -68,3 +68,74 @@ def make_tensor(
 
 def numel(shape) -> int:
     return math.prod(shape)
+
+
+# ----------------------------------------------------------------------------- inputs for users' models
+
+
+def _edge_values(support, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` float64 values inside ``support`` and close to its edges (or very large, for unbounded sides)."""
+    from torch.distributions import constraints
+
+    lower = getattr(support, "lower_bound", None)
+    upper = getattr(support, "upper_bound", None)
+    if support is constraints.unit_interval:
+        lower, upper = 0.0, 1.0
+    if support is constraints.positive:
+        lower = 0.0
+    gap = 10 ** (torch.rand(n, generator=gen, dtype=torch.float64) * -11 - 1)  # 1e-12 .. 1e-1
+    big = 10 ** (torch.rand(n, generator=gen, dtype=torch.float64) * 3 + 1)  # 10 .. 1e4
+    side = torch.rand(n, generator=gen) < 0.5
+    if isinstance(lower, (int, float)) and isinstance(upper, (int, float)):
+        width = upper - lower
+        return torch.where(side, lower + gap * width, upper - gap * width)
+    if isinstance(lower, (int, float)):
+        return torch.where(side, lower + gap, lower + big)
+    if isinstance(upper, (int, float)):
+        return torch.where(side, upper - gap, upper - big)
+    if support is not constraints.real and not isinstance(support, type(constraints.real)):
+        raise ValueError(f"support_values: `support` must be real or an interval-like constraint; got {support}")
+    return torch.where(side, big, -big)
+
+
+def _inside(support, n: int, gen: torch.Generator) -> torch.Tensor:
+    from torch.distributions import transform_to
+
+    return transform_to(support)(torch.randn(n, generator=gen, dtype=torch.float64) * 1.5)
+
+
+@st.composite
+def model_inputs(draw, dim: int, *, dtypes=(torch.float64, torch.float32), layouts=LAYOUTS, min_batch: int = 1,
+                 max_batch: int = 17, support=None, edge_fraction: float = 0.25):
+    """A ``(B, dim)`` batch for property tests of a user's model: B in ``[min_batch, max_batch]``, a dtype of
+    ``dtypes``, a memory layout of ``layouts`` (see :data:`LAYOUTS`), values inside ``support`` (a
+    ``torch.distributions.constraints`` object, default the real line) with about ``edge_fraction`` of them
+    near the support's edges (within 1e-12 to 1e-1 of a bound, or 10 to 1e4 in size on an unbounded side).
+
+    Example:
+        >>> from hypothesis import given
+        >>> @given(model_inputs(2, support=torch.distributions.constraints.positive))
+        ... def test_my_transform(x):
+        ...     assert torch.isfinite(my_transform(x)).all()
+    """
+    from torch.distributions import constraints
+
+    support = constraints.real if support is None else support
+    batch = draw(st.integers(min_batch, max_batch))
+    dtype = draw(st.sampled_from(tuple(dtypes)))
+    layout = draw(st.sampled_from(tuple(layouts)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    n = batch * dim
+    values = _inside(support, n, gen)
+    edges = torch.rand(n, generator=gen) < edge_fraction
+    values = torch.where(edges, _edge_values(support, n, gen), values).reshape(batch, dim)
+    out = make_tensor((batch, dim), dtype, layout, seed=seed)
+    with torch.no_grad():
+        out.copy_(values)
+    return out
+
+
+def support_values(support, n: int = 64, *, seed: int = 0) -> torch.Tensor:
+    """``n`` float64 values inside ``support`` and close to its edges (what :func:`model_inputs` mixes in)."""
+    return _edge_values(support, n, torch.Generator().manual_seed(seed))

@@ -45,6 +45,10 @@ def _default_tol(dtype: torch.dtype) -> float:
     return 1e-9 if dtype == torch.float64 else 2e-4
 
 
+def _is_pyprobtf(model) -> bool:
+    return all(hasattr(model, a) for a in ("capabilities", "transform", "base", "sample"))
+
+
 def _inputs(model, z, n, seed, what="z") -> torch.Tensor:
     if z is not None:
         return z.to(device=model.device, dtype=model.dtype)
@@ -78,6 +82,12 @@ def check_invertibility(model, z: torch.Tensor | None = None, *, x: torch.Tensor
     few thousand ulps of the model's dtype; pass looser ones for ODE-based
     models, whose inverse is a numerical solve. Returns the largest error.
     """
+    if not _is_pyprobtf(model) and z is None and x is None and context is None:
+        # Any other library's model (zuko, nflows, normflows, torch.distributions, a callable with an inverse):
+        # the relative error of pyprobtf.testing.verify_invertibility.
+        from pyprobtf.testing.verification import assert_invertible
+
+        return assert_invertible(model, n=n, seed=seed, rtol=rtol).error
     z = _inputs(model, z, n, seed)
     tol = _default_tol(model.dtype)
     rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
@@ -114,7 +124,12 @@ def check_log_det(model, z: torch.Tensor | None = None, *, n: int = 16, seed: in
                   atol: float | None = None, context=None) -> float:
     """``transform_and_ladj(z)[1]`` against ``log|det|`` of the autograd Jacobian of ``transform_and_ladj(z)[0]``
     (and the same for ``inverse_and_ladj`` at ``x = F(z)``, when the model has an inverse). For an ODE
-    model both come from one solve, and they agree to the solver's order. Returns the largest error."""
+    model both come from one solve, and they agree to the solver's order. Returns the largest error.
+    Any other model is checked by :func:`pyprobtf.testing.verify_log_det` instead."""
+    if not _is_pyprobtf(model) and z is None and context is None:
+        from pyprobtf.testing.verification import assert_log_det_correct
+
+        return assert_log_det_correct(model, n=n, seed=seed, rtol=rtol).error
     z = _inputs(model, z, n, seed)
     tol = 1e-8 if model.dtype == torch.float64 else 1e-3
     rtol, atol = (tol if rtol is None else rtol), (tol if atol is None else atol)
@@ -257,7 +272,16 @@ def check_transform(model, *, n: int = 32, seed: int = 0, rtol: float | None = N
     normalisation (``"log_prob"`` and ``dim <= 2``), seeded sampling (always).
     Returns what was measured: ``invertibility_error``, ``log_det_error``,
     ``density_mass``, ``reproducible``.
+
+    Any other model (zuko, nflows, normflows, torch.distributions, a callable with
+    an ``inverse``) goes to :func:`pyprobtf.testing.verify`, which raises on a
+    failed check; the report then maps each check that ran to its measured value.
     """
+    if not _is_pyprobtf(model) and context is None:
+        from pyprobtf.testing.verification import verify
+
+        report = verify(model, seed=seed, rtol=rtol, density_atol=density_atol).raise_if_failed()
+        return {r.check: r.error for r in report.results if r.passed is not None}
     report: dict[str, float] = {}
     caps = model.capabilities
     if "inverse" in caps:

@@ -2,14 +2,17 @@
 // ladj[b] = +-sum_j s(a[b, j]), on (rows, cols) views; see docs/ARCHITECTURE.md.
 //
 // The per-element math is written once here for both the CPU and the CUDA
-// kernels; `Math` supplies exp/tanh/softplus for the place it runs.
+// kernels; `Math` supplies exp/log/tanh/softplus for the place it runs.
 #pragma once
 
 #include "pyprobtf/common.h"
 
 namespace ptf {
 
-enum class ScaleFn : int { Exp = 0, SoftClamp = 1, Sigmoid = 2 };
+enum class ScaleFn : int { Exp = 0, SoftClamp = 1, Sigmoid = 2, SoftClip = 3, SigmoidEps = 4, InvSigmoid = 5 };
+
+// nflows' floor on the multiplier: sigmoid(a + 2) + kSigmoidEps.
+constexpr double kSigmoidEps = 1e-3;
 
 // s(a), the log of the multiplier.
 template <ScaleFn FN, typename Math, typename C>
@@ -18,8 +21,15 @@ PTF_HD C log_multiplier(C a, C clamp) {
     return a;
   } else if constexpr (FN == ScaleFn::SoftClamp) {
     return clamp * Math::tanh(a / clamp);
-  } else {
+  } else if constexpr (FN == ScaleFn::Sigmoid) {
     return -Math::softplus(-(a + C(2)));  // log(sigmoid(a + 2))
+  } else if constexpr (FN == ScaleFn::SoftClip) {
+    return a / (C(1) + (a < C(0) ? -a : a) / clamp);  // zuko: clamp = -log(slope)
+  } else if constexpr (FN == ScaleFn::SigmoidEps) {
+    // log(sigmoid(a + 2) + eps), the sigmoid written as torch writes it (so float64 agrees to the ulp).
+    return Math::log(C(1) / (C(1) + Math::exp(-(a + C(2)))) + C(kSigmoidEps));
+  } else {
+    return Math::softplus(-(a + C(2)));  // -log(sigmoid(a + 2))
   }
 }
 
@@ -31,9 +41,19 @@ PTF_HD C dlog_multiplier(C a, C s, C clamp) {
   } else if constexpr (FN == ScaleFn::SoftClamp) {
     const C t = s / clamp;
     return C(1) - t * t;
-  } else {
+  } else if constexpr (FN == ScaleFn::Sigmoid) {
     // 1 - sigmoid(a + 2) = sigmoid(-(a + 2)) = exp(s - (a + 2)); no cancellation for large a.
     return Math::exp(s - (a + C(2)));
+  } else if constexpr (FN == ScaleFn::SoftClip) {
+    const C d = C(1) + (a < C(0) ? -a : a) / clamp;
+    return C(1) / (d * d);
+  } else if constexpr (FN == ScaleFn::SigmoidEps) {
+    const C z = a + C(2);
+    const C sig = C(1) / (C(1) + Math::exp(-z));
+    const C sig_neg = C(1) / (C(1) + Math::exp(z));  // 1 - sig without cancellation
+    return sig * sig_neg / (sig + C(kSigmoidEps));
+  } else {
+    return -Math::exp(-s - (a + C(2)));  // -(1 - sigmoid(a + 2))
   }
 }
 
