@@ -92,7 +92,7 @@ class Diffusion(ODEFamily):
 
     def __init__(self, dim: int | None = None, *, event_shape=None, parameterization: str = "edm", net=None,
                  hidden=(128, 128, 128), activation: str = "relu", x_frequencies: int = 4,
-                 unet_channels=(32, 64), sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 unet_channels=(16, 32), sigma_min: float = 0.002, sigma_max: float = 80.0,
                  P_mean: float = -0.5, P_std: float = 1.5, sigma_data: float | None = None,
                  schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3,
                  rho: float = 7.0, ode_steps: int | None = None, ode_method: str = "heun", sde_steps: int = 256,
