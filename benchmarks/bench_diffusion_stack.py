@@ -8,7 +8,7 @@ pyprobtf.integrations.k_diffusion's, at 4x64x64 latents, batch 1 and 16. The
 numbers are per step.
 
 Part 2, "end-to-end": the same loops with a small diffusers UNet2DModel (random
-weights) in them, batch 1 and 16: the wall-clock ratio a user gets, and the share
+weights, 4x32x32 latents) in them, batch 1 and 16: the wall-clock ratio a user gets, and the share
 of the time the network takes (the network alone, 25 calls, over the loop).
 
 Part 3, "odeint": torchdiffeq's odeint against pyprobtf.integrations.torchdiffeq
@@ -43,6 +43,12 @@ def _k_diffusion_sampling():
     import bench_solvers
 
     return bench_solvers._k_diffusion_sampling()
+
+
+def _emit(rows: list, row: dict) -> None:
+    """Keep a result row and show it at once (a long run reports as it goes)."""
+    rows.append(row)
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, file=sys.stderr, flush=True)
 
 
 def _sync(device):
@@ -99,7 +105,7 @@ def _unet(quick: bool, device: str):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    size = 8 if quick else 64
+    size = 8 if quick else 32
     channels = (8, 16) if quick else (32, 64)
     unet = UNet2DModel(sample_size=size, in_channels=4, out_channels=4, layers_per_block=1,
                        block_out_channels=channels, norm_num_groups=4 if quick else 8,
@@ -117,14 +123,14 @@ def _schedulers(label):
     return parent, getattr(fused, "Fused" + cls).from_config(parent.config), nfe
 
 
-def run(device: str = "cpu", quick: bool = False):
+def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "odeint"), batches=None):
     from pyprobtf.integrations import k_diffusion as ours_kd
     from pyprobtf.integrations import torchdiffeq as ours_tde
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     steps = 3 if quick else 25
-    min_run_time = 0.01 if quick else 0.5
-    batches = (1, 2) if quick else (1, 16)
+    min_run_time = 0.01 if quick else 0.2
+    batches = batches or ((1, 2) if quick else (1, 16))
     side = 8 if quick else 64
     rows, notes = [], []
     kd = _k_diffusion_sampling()
@@ -134,13 +140,13 @@ def run(device: str = "cpu", quick: bool = False):
 
     with torch.no_grad():
         # ---------------------------------------------------------------- part 1: step overhead
-        for batch in batches:
+        for batch in batches if "step" in parts else ():
             x = torch.randn(batch, 4, side, side, device=device)
             for label, *_ in (DIFFUSERS[:2] if quick else DIFFUSERS):
                 parent, fused, nfe = _schedulers(label)
                 peer_s = _common.measure(lambda: diffusers_loop(parent, identity, x, steps), min_run_time=min_run_time)
                 ours_s = _common.measure(lambda: diffusers_loop(fused, identity, x, steps), min_run_time=min_run_time)
-                rows.append({"part": "step", "library": "diffusers", "sampler": label, "batch": batch,
+                _emit(rows, {"part": "step", "library": "diffusers", "sampler": label, "batch": batch,
                              "peer ms/step": peer_s / steps * 1e3, "pyprobtf ms/step": ours_s / steps * 1e3,
                              "speedup": peer_s / ours_s})
             sigmas = kd.get_sigmas_karras(steps, 0.03, 14.6, device=device)
@@ -149,7 +155,7 @@ def run(device: str = "cpu", quick: bool = False):
                 peer, ours = getattr(kd, name), getattr(ours_kd, name)
                 peer_s = _common.measure(lambda: peer(identity, x_kd, sigmas, disable=True), min_run_time=min_run_time)
                 ours_s = _common.measure(lambda: ours(identity, x_kd, sigmas, disable=True), min_run_time=min_run_time)
-                rows.append({"part": "step", "library": "k-diffusion", "sampler": name, "batch": batch,
+                _emit(rows, {"part": "step", "library": "k-diffusion", "sampler": name, "batch": batch,
                              "peer ms/step": peer_s / steps * 1e3, "pyprobtf ms/step": ours_s / steps * 1e3,
                              "speedup": peer_s / ours_s})
 
@@ -164,7 +170,7 @@ def run(device: str = "cpu", quick: bool = False):
             return x - s * unet((x / (s * s + 1).sqrt()), sigma * 40.0).sample
 
         repeats = 1 if quick else 2
-        for batch in batches:
+        for batch in batches if "end-to-end" in parts else ():
             x = torch.randn(batch, 4, size, size, device=device)
             t_model = torch.full((batch,), 500.0, device=device)
             for label in E2E_DIFFUSERS[:1] if quick else E2E_DIFFUSERS:
@@ -173,7 +179,7 @@ def run(device: str = "cpu", quick: bool = False):
                                "ours": lambda: diffusers_loop(fused, unet_model, x, steps),
                                "model": lambda: [unet_model(x, t_model) for _ in range(steps * nfe)]},
                               repeats, device)
-                rows.append({"part": "end-to-end", "library": "diffusers", "sampler": label, "batch": batch,
+                _emit(rows, {"part": "end-to-end", "library": "diffusers", "sampler": label, "batch": batch,
                              "peer ms": got["peer"] * 1e3, "pyprobtf ms": got["ours"] * 1e3,
                              "speedup": got["peer"] / got["ours"], "model share": got["model"] / got["peer"]})
             sigmas = kd.get_sigmas_karras(steps, 0.03, 14.6, device=device)
@@ -185,14 +191,14 @@ def run(device: str = "cpu", quick: bool = False):
                                "model": lambda: [unet_denoiser(x_kd, sigmas[0] * x_kd.new_ones(batch))
                                                  for _ in range(steps)]},
                               repeats, device)
-                rows.append({"part": "end-to-end", "library": "k-diffusion", "sampler": name, "batch": batch,
+                _emit(rows, {"part": "end-to-end", "library": "k-diffusion", "sampler": name, "batch": batch,
                              "peer ms": got["peer"] * 1e3, "pyprobtf ms": got["ours"] * 1e3,
                              "speedup": got["peer"] / got["ours"], "model share": got["model"] / got["peer"]})
 
         # ---------------------------------------------------------------- part 3: torchdiffeq on a neural ODE
         import torchdiffeq
 
-        for dim in ((2,) if quick else (2, 64)):
+        for dim in ((2,) if quick else (2, 64)) if "odeint" in parts else ():
             torch.manual_seed(dim)
             hidden = 32 if quick else 128
             net = torch.nn.Sequential(torch.nn.Linear(dim + 1, hidden), torch.nn.Tanh(),
@@ -218,7 +224,7 @@ def run(device: str = "cpu", quick: bool = False):
                 ours_s = _common.measure(lambda: ours_tde.odeint(field, y0, t, rtol=tol[0], atol=tol[1],
                                                                  method=method, options=options),
                                          min_run_time=min_run_time)
-                rows.append({"part": "odeint", "library": "torchdiffeq", "sampler": f"{method} {dim}-d",
+                _emit(rows, {"part": "odeint", "library": "torchdiffeq", "sampler": f"{method} {dim}-d",
                              "batch": y0.shape[0], "peer ms": peer_s * 1e3, "pyprobtf ms": ours_s * 1e3,
                              "speedup": peer_s / ours_s, "peer NFE": calls["torchdiffeq"],
                              "pyprobtf NFE": calls["pyprobtf"]})
@@ -244,14 +250,23 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's); the results file is then "
                              f"{NAME}-threadsN-*")
+    parser.add_argument("--parts", default="step,end-to-end,odeint",
+                        help="comma-separated subset of step,end-to-end,odeint (the file name then names them)")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,16)")
     args = parser.parse_args(argv)
+    parts = tuple(args.parts.split(","))
+    batches = None if args.batches is None else tuple(int(b) for b in args.batches.split(","))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pinned = _common.pin_allocator()
-    rows, columns, notes = run(args.device, args.quick)
+    rows, columns, notes = run(args.device, args.quick, parts, batches)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
     name = NAME if args.threads is None else f"{NAME}-threads{args.threads}"
+    if args.parts != parser.get_default("parts"):
+        name += "-" + "-".join(parts)
+    if batches is not None:
+        name += "-batch" + "-".join(map(str, batches))
     _common.publish(name, args.device, rows, columns, notes, args.out)
     return 0
 

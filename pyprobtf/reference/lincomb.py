@@ -16,18 +16,12 @@ from collections.abc import Sequence
 import torch
 
 from pyprobtf.reference import philox
-
-_TWO_64 = 1 << 64
-
+from pyprobtf.seeds import signed_int64  # noqa: F401  (the bits Philox's key is cut from)
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def signed_int64(value: int) -> int:
-    """``value`` modulo 2^64 as a signed 64-bit integer (the bits Philox's key is cut from)."""
-    value %= _TWO_64
-    return value - _TWO_64 if value >= 1 << 63 else value
 
 
 def noise(shape, seed, offset: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from pyprobtf.reference.philox import uniform53
+from pyprobtf.seeds import signed_int64
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -126,15 +127,11 @@ def seeded_uniforms(rows: int, seed, offset=0, device=None) -> torch.Tensor:
         keys = seed.to(device=device, dtype=torch.int64).reshape(rows)
         counters = _row_param(offset, rows, torch.int64, device)
     else:
-        keys = torch.full((rows,), _wrap64(seed), dtype=torch.int64, device=device)
+        keys = torch.full((rows,), signed_int64(seed), dtype=torch.int64, device=device)
         counters = _row_param(offset, rows, torch.int64, device) + torch.arange(rows, device=device)
     return uniform53(keys, counters)
 
 
-def _wrap64(value: int) -> int:
-    """An integer modulo 2^64, as a signed int64 (two's complement)."""
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def sample_logits(
