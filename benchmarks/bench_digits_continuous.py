@@ -33,7 +33,7 @@ from pyprobtf.data import digits  # noqa: E402
 from pyprobtf.images import image_grid, write_png  # noqa: E402
 from pyprobtf.metrics import digits_classes, digits_score  # noqa: E402
 
-NAME = "digits-continuous-cpu"
+NAME = "digits-continuous"
 SHAPE = (1, 8, 8)
 FAMILIES = {
     "FlowMatching": lambda: fam.FlowMatching(event_shape=SHAPE),
@@ -43,25 +43,14 @@ FAMILIES = {
 }
 
 
-def digit_labels(split: str) -> torch.Tensor:
-    """The labels of ``digits(split)``, in its order (the same seeded permutation)."""
-    from sklearn.datasets import load_digits
-
-    labels = torch.as_tensor(load_digits().target, dtype=torch.int64)
-    order = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(0))
-    n_test = int(round(0.2 * labels.shape[0]))
-    return labels[order[:n_test]] if split == "test" else labels[order[n_test:]]
-
-
-def images(split: str) -> torch.Tensor:
-    return digits(split, dequantize=True).reshape(-1, *SHAPE)
+def images(split: str, labels: bool = False):
+    return digits(split, dequantize=True, image=True, labels=labels)
 
 
 def run(name: str, seconds: float, threads: int, n_samples: int, out: Path) -> dict:
     torch.manual_seed(0)
     model = FAMILIES[name]()
-    train = images("train")
-    data = (train, digit_labels("train")) if model.conditional else train
+    data = images("train", labels=model.conditional)
     result = fit(model, data, max_seconds=seconds, num_threads=threads, progress=False)
     row = {"family": name, "steps": result.steps, "train s": round(result.seconds, 1)}
     torch.set_num_threads(threads)

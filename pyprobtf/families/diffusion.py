@@ -92,7 +92,7 @@ class Diffusion(ODEFamily):
 
     def __init__(self, dim: int | None = None, *, event_shape=None, parameterization: str = "edm", net=None,
                  hidden=(128, 128, 128), activation: str = "relu", x_frequencies: int = 4,
-                 unet_channels=(32, 64), sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 unet_channels=(16, 32), sigma_min: float = 0.002, sigma_max: float = 80.0,
                  P_mean: float = -0.5, P_std: float = 1.5, sigma_data: float | None = None,
                  schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3,
                  rho: float = 7.0, ode_steps: int | None = None, ode_method: str = "heun", sde_steps: int = 256,
@@ -176,11 +176,16 @@ class Diffusion(ODEFamily):
             c_skip, c_out, c_in = sd.square() / total, sigma * sd / total.sqrt(), 1 / total.sqrt()
             out = self.net_output(c_in * x, torch.log(sigma).reshape(-1) / 4, context, guidance)
             return c_skip * x + c_out * out
-        eps = self.predict_eps(x, t, context, guidance)
+        eps = self._guided(self.predict_eps, x, t, context, guidance)
         alpha, sigma = self.alpha(t), self.sigma(t)
         if isinstance(t, torch.Tensor):
             alpha, sigma = self.broadcast(alpha), self.broadcast(sigma)
         return (x - sigma * eps) / alpha
+
+    @staticmethod
+    def _guided(fn, x, t, context, guidance):
+        # guidance only when given, so that a replaced denoise(x, t, context) keeps working unguided.
+        return fn(x, t, context) if guidance is None else fn(x, t, context, guidance)
 
     def predict_eps(self, x, t, context=None, guidance=None):
         """VP: the network's noise prediction (its time input is ``2t - 1``)."""
@@ -190,19 +195,19 @@ class Diffusion(ODEFamily):
     def score(self, x: torch.Tensor, t, context=None, guidance=None) -> torch.Tensor:
         """``grad_x log p_t(x) = (alpha(t) D(x, t) - x) / sigma(t)^2``."""
         if self.parameterization == "vp":
-            return -self.predict_eps(x, t, context, guidance) / self.sigma(t)
-        return (self.denoise(x, t, context, guidance) - x) / (t * t)
+            return -self._guided(self.predict_eps, x, t, context, guidance) / self.sigma(t)
+        return (self._guided(self.denoise, x, t, context, guidance) - x) / (t * t)
 
     def _field(self, context, guidance=None):
         if self.parameterization == "edm":
             # The solvers step EDM fields on the denoiser's outputs directly (fewer passes).
-            return solvers.edm_field(lambda x, sigma: self.denoise(x, sigma, context, guidance))
+            return solvers.edm_field(lambda x, sigma: self._guided(self.denoise, x, sigma, context, guidance))
         return super()._field(context, guidance)
 
     def velocity(self, x, t, context=None, guidance=None):
         """The probability-flow ODE's field ``dx/dt = f x - g^2 score / 2``."""
         if self.parameterization == "edm":
-            return (x - self.denoise(x, t, context, guidance)) / t
+            return (x - self._guided(self.denoise, x, t, context, guidance)) / t
         return self.drift_coef(t) * x - 0.5 * self.diffusion_sq(t) * self.score(x, t, context, guidance)
 
     # -------------------------------------------------------------- training

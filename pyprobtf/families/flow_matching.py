@@ -70,7 +70,7 @@ class FlowMatching(ODEFamily):
                           "ema": 0.99}
 
     def __init__(self, dim: int | None = None, *, event_shape=None, net=None, hidden=(128, 128, 128),
-                 activation: str = "relu", x_frequencies: int = 4, unet_channels=(32, 64),
+                 activation: str = "relu", x_frequencies: int = 4, unet_channels=(16, 32),
                  ot: str | None = None, sinkhorn_reg: float = 0.05, sigma_min: float = 0.0,
                  ode_steps: int | None = None, ode_method: str = "rk4", log_prob_steps: int = 64,
                  divergence: str = "auto", n_probes: int = 1,

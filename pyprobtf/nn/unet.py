@@ -77,7 +77,7 @@ class UNet(nn.Module):
         torch.Size([2, 3, 12, 20])
     """
 
-    def __init__(self, in_channels: int, *, out_channels: int | None = None, channels: Sequence[int] = (32, 64),
+    def __init__(self, in_channels: int, *, out_channels: int | None = None, channels: Sequence[int] = (16, 32),
                  blocks: int = 1, emb_dim: int | None = None, num_classes: int = 0, context_dim: int = 0,
                  dropout: float = 0.0):
         super().__init__()
