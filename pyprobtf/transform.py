@@ -129,6 +129,15 @@ class FlatDistribution(Distribution):
         return value.new_zeros(value.shape[:value.dim() - len(self.event_shape)])
 
 
+class _StandardNormal(Independent):
+    """``Independent(Normal)`` whose ``log_prob`` also takes an empty batch (torch's sums reshape ``(0, -1)``)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if value.numel() == 0:
+            return value.new_zeros(value.shape[:value.dim() - len(self.event_shape)])
+        return super().log_prob(value)
+
+
 class TransformDistribution(Distribution):
     """A :class:`ProbabilityTransform` seen as a :class:`torch.distributions.Distribution`.
 
@@ -230,8 +239,8 @@ class ProbabilityTransform(nn.Module):
             return self._fixed_base
         # No argument validation: it costs time at every call, and NaN must propagate to fit's
         # own check (which names the step) rather than fail inside torch.distributions.
-        return Independent(Normal(self._base_loc, self._base_scale, validate_args=False), self._base_loc.dim(),
-                           validate_args=False)
+        return _StandardNormal(Normal(self._base_loc, self._base_scale, validate_args=False), self._base_loc.dim(),
+                               validate_args=False)
 
     @property
     def device(self) -> torch.device:

@@ -189,3 +189,12 @@ def test_op_checker_runs_every_backend_against_the_reference():
         lambda *a: reference.affine_coupling(*a, "exp", 2.0, False), x, shift, scale, backends="available")
     with pytest.raises(AssertionError, match="output 0"):
         check_op_against_reference(lambda v: v.sin() + 1e-3, torch.sin, x)
+
+
+@pytest.mark.parametrize("name", ["RealNVP", "FlowMatching", "Diffusion", "ContinuousFlow", "VAE", "Autoregressive"])
+def test_log_prob_of_an_empty_batch_is_empty(name):
+    from pyprobtf import families
+
+    model = getattr(families, name)(dim=2)
+    with torch.no_grad():
+        assert model.log_prob(torch.zeros(0, 2)).shape == (0,)

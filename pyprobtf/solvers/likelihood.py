@@ -121,9 +121,11 @@ def log_prob_ode(field: Callable, x: torch.Tensor, times, base, *, divergence: s
     if not isinstance(base, torch.distributions.Distribution):
         raise TypeError(f"{fn}: `base` must be a torch.distributions.Distribution; got {type(base).__name__}")
 
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if x.shape[0] == 0:  # nothing to integrate (and the divergence's per-row reshapes need a row)
+        return x.new_zeros(0, dtype=compute), x.clone()
     train = torch.is_grad_enabled()
     probes = _probes(x, n_probes, probe, seed, backend) if divergence == "hutchinson" else None
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     stage_divergences: list[torch.Tensor] = []
 
     def augmented(xs, t):
