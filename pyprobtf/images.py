@@ -11,7 +11,7 @@ Example:
     >>> import torch
     >>> grid = image_grid(torch.rand(16, 8, 8), nrow=4, zoom=4)
     >>> grid.shape
-    (147, 147)
+    (133, 133)
     >>> write_png("/tmp/grid.png", grid)   # doctest: +SKIP
 """
 
