@@ -114,3 +114,18 @@ def test_zoo_refuses_a_read_only_folder(tmp_path):
         assert main(["zoo", "--out", str(folder), "--quiet"]) == 2
     finally:
         folder.chmod(0o700)
+
+
+def test_image_zoo_on_digits_writes_figure_results_and_table(tmp_path):
+    from pyprobtf import zoo_images
+
+    report = zoo_images.run_image_zoo(["vae", "flow_matching"], steps=2, seconds=30, out=tmp_path,
+                                      n_samples=100, n_nll=20, progress=False)
+    assert (tmp_path / "zoo.png").read_bytes().startswith(PNG_SIGNATURE)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [f["name"] for f in saved["families"]] == ["vae", "flow_matching"]
+    for r in report.results:
+        assert r.steps == 2 and 1.0 <= r.score <= 10.0 and 0.0 <= r.coverage <= 1.0 and math.isfinite(r.mmd)
+        assert r.nll is not None and math.isfinite(r.nll)
+    assert 6.0 < saved["real_digits"]["score"] < 7.0
+    assert report.table.count("\n") == 2 + 2
