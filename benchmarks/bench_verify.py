@@ -101,6 +101,13 @@ def _normflows(build):
     return make
 
 
+def _resnet(features_in, features_out):
+    """The conditioner nflows' coupling transforms call as net(inputs, context)."""
+    from nflows.nn.nets import ResidualNet
+
+    return ResidualNet(features_in, features_out, hidden_features=32, num_blocks=1)
+
+
 def peer_objects():
     import normflows as nf
     import zuko
@@ -129,22 +136,18 @@ def peer_objects():
             lambda: T.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(2, 32, num_bins=8, tails="linear",
                                                                               tail_bound=4.0))), {}),
         ("nflows", "Flow(PiecewiseRQSCoupling + LULinear + AffineCoupling) trained", _nflows(_nflows_flow(
-            lambda: T.PiecewiseRationalQuadraticCouplingTransform(
-                mask, lambda i, o: torch.nn.Sequential(torch.nn.Linear(i, 32), torch.nn.ReLU(), torch.nn.Linear(32, o)),
-                num_bins=8, tails="linear", tail_bound=4.0),
+            lambda: T.PiecewiseRationalQuadraticCouplingTransform(mask, _resnet, num_bins=8, tails="linear",
+                                                                  tail_bound=4.0),
             lambda: T.LULinear(2),
-            lambda: T.AffineCouplingTransform(
-                1 - mask, lambda i, o: torch.nn.Sequential(torch.nn.Linear(i, 32), torch.nn.Tanh(),
-                                                           torch.nn.Linear(32, o))))), {}),
-        ("nflows", "Flow(ActNorm + MaskedAffineAutoregressive + MaskedPiecewiseCubic) trained", _nflows(_nflows_flow(
+            lambda: T.AffineCouplingTransform(1 - mask, _resnet))), {}),
+        ("nflows", "Flow(ActNorm + MaskedAffineAutoregressive + BatchNorm) trained", _nflows(_nflows_flow(
             lambda: T.ActNorm(2),
             lambda: T.MaskedAffineAutoregressiveTransform(2, 32),
             lambda: T.RandomPermutation(2),
-            lambda: T.MaskedPiecewiseCubicAutoregressiveTransform(num_bins=8, features=2, hidden_features=32))), {}),
+            lambda: T.BatchNorm(2),
+            lambda: T.MaskedAffineAutoregressiveTransform(2, 32))), {}),
         ("nflows", "Flow(AdditiveCoupling + Householder + PointwiseAffine), dim 6 at init", lambda: _nflows_flow(
-            lambda: T.AdditiveCouplingTransform(
-                torch.tensor([1, 0, 1, 0, 1, 0.0]),
-                lambda i, o: torch.nn.Sequential(torch.nn.Linear(i, 16), torch.nn.Tanh(), torch.nn.Linear(16, o))),
+            lambda: T.AdditiveCouplingTransform(torch.tensor([1, 0, 1, 0, 1, 0.0]), _resnet),
             lambda: T.HouseholderSequence(6, 3),
             lambda: T.PointwiseAffineTransform(0.5, 1.5), dim=6)(), {}),
     ]
@@ -191,9 +194,8 @@ def peer_objects():
         ("torch", "Compose(Affine(0.5, 2), Power(3)... Exp, Affine)", lambda: D.ComposeTransform(
             [D.AffineTransform(0.5, 2.0), D.ExpTransform(), D.PowerTransform(torch.tensor(0.5)),
              D.AffineTransform(-1.0, 0.3)]), {"dim": 3}),
-        ("torch", "LowerCholeskyAffine (dim 4)", lambda: D.LowerCholeskyAffine(
-            torch.zeros(4), torch.tensor([[1.0, 0, 0, 0], [0.5, 2, 0, 0], [-0.3, 0.2, 0.7, 0], [0.1, 0, 0.4, 1.2]])),
-         {"dim": 4}),
+        ("torch", "CumulativeDistributionTransform(Normal(0.3, 1.5))", lambda: D.CumulativeDistributionTransform(
+            D.Normal(torch.tensor(0.3), torch.tensor(1.5))), {"dim": 3}),
         ("torch", "MultivariateNormal (dim 2)", lambda: D.MultivariateNormal(
             torch.tensor([1.0, -1.0]), torch.tensor([[2.0, 0.6], [0.6, 0.5]])), {}),
         ("torch", "MultivariateNormal (dim 8)", lambda: D.MultivariateNormal(

@@ -355,7 +355,7 @@ def verify_density_normalization(s: Subject, *, seed: int = 0, atol: float = 0.0
             lo, hi = ref.min(0).values, ref.max(0).values
             pad = 0.5 * (hi - lo) + 1e-3
             bounds = list(zip((lo - pad).tolist(), (hi + pad).tolist()))
-            sup = s.support
+            sup = getattr(s.support, "base_constraint", s.support)  # independent(interval) -> interval
             lower = getattr(sup, "lower_bound", None)
             upper = getattr(sup, "upper_bound", None)
             if isinstance(lower, (int, float)):
