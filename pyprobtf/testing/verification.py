@@ -480,13 +480,13 @@ def verify_sample_log_prob(s: Subject, *, n: int = 500, seed: int = 0, alpha: fl
         (score,) = torch.autograd.grad(lp.sum(), x)
     x, score = x.detach().double(), score.double()
     keep = torch.isfinite(score).all(1) & torch.isfinite(x).all(1)
+    if int(keep.sum()) < n // 2:
+        return CheckResult("sample_log_prob", False, math.inf, 0.0,
+                           detail=f"grad log_prob is finite at only {int(keep.sum())} of {n} samples")
     # Standardise each coordinate (y = x / sd, score_y = score * sd): the test of the transformed density is
     # the same hypothesis, and one bandwidth then suits every coordinate.
     sd = x[keep].std(0).clamp_min(1e-12)
     x, score = x / sd, score * sd
-    if int(keep.sum()) < n // 2:
-        return CheckResult("sample_log_prob", False, math.inf, 0.0,
-                           detail=f"grad log_prob is finite at only {int(keep.sum())} of {n} samples")
     stat, p = _wild_bootstrap_p(_imq_stein_matrix(x[keep], score[keep]), seed)
     how = f"kernel Stein discrepancy (IMQ) of {int(keep.sum())} samples against grad log_prob"
     if s.inverse is not None and s.base_log_prob is not None:
