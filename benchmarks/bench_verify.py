@@ -11,7 +11,8 @@ Parts (each writes benchmarks/results/verify-<part>-cpu.json; ``table`` joins th
   as tests/test_families.py), stated per row.
 - ``mutations``: every mutant of tests/verify_examples.py through the full ``verify`` (and the broken steps
   through the sampler checks): the share caught by the check of the property it breaks.
-- ``fpr``: the correct objects of tests/verify_examples.py (and a zuko MAF) over ``--seeds`` seeds: the share
+- ``fpr``: the correct objects of tests/verify_examples.py over ``--seeds`` seeds (the ODE checks are
+  deterministic: their seeds repeat one run): the share
   of runs with any check failing.
 
 Usage: python benchmarks/bench_verify.py --part peers|families|mutations|fpr|table [--seeds N] [--out DIR]
