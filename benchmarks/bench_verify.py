@@ -425,7 +425,7 @@ def main(argv=None) -> int:
     sections = []
     for p in ("peers", "families"):
         if p in parts:
-            rows = parts[p]["rows"]
+            rows = [dict(r, settings=r.get("settings", r.get("tolerances", ""))) for r in parts[p]["rows"]]
             passed = sum(r["verdict"] == "PASS" for r in rows)
             sections.append(f"### {p}: {passed} of {len(rows)} pass\n\n" + _table(
                 rows, ["library", "object", "interface", "settings", *check_cols, "seconds", "verdict", "failed"]))
