@@ -450,9 +450,10 @@ def main(argv=None) -> int:
               "(fail below 1e-3). Defaults: float64 copies, invertibility 1e-7, log-det 1e-6, density 0.02, "
               "float32 vs float64 2e-3.", ""]
     notes += [
-        "- zuko BPF (in the list, not in the table for lack of time): a first run of the same code at the default "
-        "invertibility tolerance 1e-7 measured 1.02e-6 for invertibility (zuko inverts it by bisection to eps = 1e-6) "
-        "and passed every other check, 157 s; NAF was stopped after more than 4 minutes in one verify().",
+        "- zuko NAF was stopped after more than 4 minutes in one verify() on the loaded machine and is not listed; "
+        "zuko's RealNVP subclasses its NICE with the same defaults and is not counted twice.",
+        "- Rows were measured in several runs of this script (--resume/--only after fixing the benchmark's own "
+        "object definitions); the load notes give the last run of each part.",
         "- ODE-based pyprobtf families: RK4 with 32 steps, tolerances 5e-3, a 60-point quadrature grid, and the "
         "deterministic checks only (the Stein test and the one-row-per-call sampling test need hundreds of ODE "
         "solves; left out for time on the shared machine).",
