@@ -32,8 +32,8 @@ def _step_results(name, seed=0):
     step, kind, order, _ = ex.STEPS[name]
     if kind == "ode":
         return [verify_ode_order(step, order)]
-    return [verify_sde_weak_order(step, order, seed=seed, paths=50_000),
-            verify_sde_stationary(step, order, seed=seed, paths=10_000)]
+    return [verify_sde_weak_order(step, order, seed=seed, paths=30_000),
+            verify_sde_stationary(step, order, seed=seed, paths=8_000)]
 
 
 def _assert_caught(results, prop):

@@ -355,7 +355,7 @@ def verify_density_normalization(s: Subject, *, seed: int = 0, atol: float = 0.0
             lo, hi = ref.min(0).values, ref.max(0).values
             pad = 0.5 * (hi - lo) + 1e-3
             bounds = list(zip((lo - pad).tolist(), (hi + pad).tolist()))
-            sup = s.support
+            sup = getattr(s.support, "base_constraint", s.support)  # independent(interval) -> interval
             lower = getattr(sup, "lower_bound", None)
             upper = getattr(sup, "upper_bound", None)
             if isinstance(lower, (int, float)):
@@ -477,16 +477,19 @@ def verify_sample_log_prob(s: Subject, *, n: int = 500, seed: int = 0, alpha: fl
     x = x.to(s.dtype).requires_grad_(True)
     with torch.enable_grad():
         lp = s.log_prob(x)
-        (score,) = torch.autograd.grad(lp.sum(), x)
+        (score,) = torch.autograd.grad(lp.sum(), x, allow_unused=True) if lp.requires_grad else (None,)
+    if score is None:
+        return _na("sample_log_prob", "log_prob has no gradient in x (a piecewise-constant density): the Stein "
+                   "test needs the score")
     x, score = x.detach().double(), score.double()
     keep = torch.isfinite(score).all(1) & torch.isfinite(x).all(1)
+    if int(keep.sum()) < n // 2:
+        return CheckResult("sample_log_prob", False, math.inf, 0.0,
+                           detail=f"grad log_prob is finite at only {int(keep.sum())} of {n} samples")
     # Standardise each coordinate (y = x / sd, score_y = score * sd): the test of the transformed density is
     # the same hypothesis, and one bandwidth then suits every coordinate.
     sd = x[keep].std(0).clamp_min(1e-12)
     x, score = x / sd, score * sd
-    if int(keep.sum()) < n // 2:
-        return CheckResult("sample_log_prob", False, math.inf, 0.0,
-                           detail=f"grad log_prob is finite at only {int(keep.sum())} of {n} samples")
     stat, p = _wild_bootstrap_p(_imq_stein_matrix(x[keep], score[keep]), seed)
     how = f"kernel Stein discrepancy (IMQ) of {int(keep.sum())} samples against grad log_prob"
     if s.inverse is not None and s.base_log_prob is not None:
