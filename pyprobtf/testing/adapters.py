@@ -50,6 +50,8 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Transform, constraints, transform_to
 
+from pyprobtf.seeds import check_seed
+
 Map = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
@@ -91,7 +93,7 @@ class Subject:
         """``n`` points ``z`` at which to evaluate ``forward`` (base draws, else Gaussian), float ``dtype``."""
         if self.base_sample is not None:
             return self.base_sample(n, seed).to(self.dtype)
-        gen = torch.Generator().manual_seed(seed % 2**63)
+        gen = torch.Generator().manual_seed(check_seed(seed, "pyprobtf.testing"))
         return torch.randn(n, self.dim, generator=gen, dtype=torch.float64).to(self.dtype)
 
     def data(self, n: int, seed: int) -> torch.Tensor:
@@ -112,7 +114,7 @@ def _global_seeded(draw: Callable[[int], torch.Tensor]) -> Callable[[int, int], 
 
     def sample(n: int, seed: int) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed % 2**63)
+            torch.manual_seed(check_seed(seed, "pyprobtf.testing"))
             return draw(n)
 
     return sample
@@ -264,7 +266,7 @@ def _from_torch_transform(t: Transform, dim: int | None, interface: str | None =
     to_domain = transform_to(domain) if domain is not constraints.real else None
 
     def base_sample(n, seed):
-        gen = torch.Generator().manual_seed(seed % 2**63)
+        gen = torch.Generator().manual_seed(check_seed(seed, "pyprobtf.testing"))
         z = torch.randn(n, dim, generator=gen, dtype=torch.float64)
         return to_domain(z) if to_domain is not None else z
 
