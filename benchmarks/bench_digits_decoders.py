@@ -92,13 +92,18 @@ def run(name: str, seconds: float, n_samples: int, train: torch.Tensor, test: to
     return row
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 2 s of training and 100 samples for the first family")
+    parser.add_argument("--device", default="cpu", choices=["cpu"], help="the acceptance runs on the CPU")
     parser.add_argument("--seconds", type=float, default=120.0, help="fit's max_seconds per family")
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES), metavar="NAME")
     parser.add_argument("--out", type=Path, default=_common.RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.samples, args.families = 2.0, 100, args.families[:1]
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     train = digits("train", image=True, dequantize=True)
@@ -117,7 +122,8 @@ def main() -> None:
     columns = ["family", "steps", "train s", "score", "coverage", "mmd", "test NLL (nats/image)", "sample s",
                "target met"]
     _common.publish(NAME, "cpu", rows, columns, notes, args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

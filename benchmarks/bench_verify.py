@@ -376,7 +376,10 @@ def _table(rows, columns):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", required=True, choices=["peers", "families", "mutations", "fpr", "table"])
+    parser.add_argument("--part", choices=["peers", "families", "mutations", "fpr", "table"])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: verify() on two torch.distributions "
+                        "objects, one table (what tests/test_benchmarks.py runs)")
+    parser.add_argument("--device", default="cpu", choices=["cpu"], help="the checks run on the CPU")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--resume", action="store_true", help="peers/families: keep the rows already written, run "
                         "the rest")
@@ -384,6 +387,16 @@ def main(argv=None) -> int:
                         "replacing their rows in the existing results")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
+    if args.quick:
+        D = torch.distributions
+        objs = [("torch", "ExpTransform", lambda: D.ExpTransform(), {"dim": 2}),
+                ("torch", "MultivariateNormal(2)", lambda: D.MultivariateNormal(torch.zeros(2), torch.eye(2)), {})]
+        rows = _run_objects(objs)
+        _common.publish("verify-quick", "cpu", rows, ["library", "object", "interface", "verdict", "seconds"],
+                        ["verify() with default settings; a smoke run of this script"], args.out)
+        return 0
+    if args.part is None:
+        parser.error("give --part (or --quick)")
     args.out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     start = time.perf_counter()

@@ -83,7 +83,7 @@ def test_cli_zoo_on_checkerboard(tmp_path, capsys):
         (["zoo", "--families", "realnvp,glow"], "unknown family 'glow'; choose from vae, vqvae"),
         (["zoo", "--out", "/proc/forbidden"], "cannot create the output folder"),
         (["zoo", "--steps", "0"], "--steps must be at least 1"),
-        (["zoo", "--seconds", "-1"], "--seconds must be positive"),
+        (["zoo", "--seconds", "-1"], "--seconds must be a positive finite number"),
     ],
 )
 def test_zoo_usage_errors_are_one_line_and_exit_2(argv, message, capsys):

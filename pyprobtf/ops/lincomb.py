@@ -123,16 +123,20 @@ def _direct_target(out: torch.Tensor, inputs: Sequence[torch.Tensor], others: Se
 def _check_noise_rows(nt) -> None:
     """A ``noise_std`` tensor must hold non-negative finite values, as the number form must.
 
-    Checked here, on real tensors (also inside the custom op under torch.compile); skipped
-    while a CUDA graph is captured, where reading a value back is not allowed.
+    On the CPU a bad row raises ``ValueError`` naming it. On a GPU the check runs on the device
+    (``torch._assert_async``: a solver loop must not wait for the host at every step), so a bad row
+    fails the next synchronisation with a device-side assertion; it is skipped while a CUDA graph is
+    captured and on the meta device, where no value exists.
     """
-    if nt is None or nt.numel() == 0:
+    if nt is None or nt.numel() == 0 or nt.device.type == "meta":
         return
-    if nt.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    ok = torch.isfinite(nt) & (nt >= 0)
+    if nt.device.type != "cpu":
+        if not (nt.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            torch._assert_async(ok.all(), f"{OP}: `noise_std` must be non-negative and finite")
         return
-    bad = ~(torch.isfinite(nt) & (nt >= 0))
-    if bool(bad.any()):
-        row = int(torch.nonzero(bad)[0, 0])
+    if not bool(ok.all()):
+        row = int(torch.nonzero(~ok)[0, 0])
         raise ValueError(f"{OP}: `noise_std` must be non-negative and finite; got {nt[row].item()} at row {row}")
 
 
