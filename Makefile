@@ -9,7 +9,7 @@ NATIVE := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/pypro
 .PHONY: demo test bench clean
 
 # Re-installs when the build inputs change (the C++/CUDA build is incremental).
-$(STAMP): pyproject.toml CMakeLists.txt scripts/setup.sh $(NATIVE)
+$(STAMP): pyproject.toml CMakeLists.txt scripts/setup.sh scripts/peers.txt $(NATIVE)
 	VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
@@ -30,6 +30,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_vq.py
 	$(PY) benchmarks/bench_families.py --threads 1
 	$(PY) benchmarks/bench_decoder_families.py --threads 1
+	$(PY) benchmarks/bench_digits_continuous.py
+	$(PY) benchmarks/bench_digits_decoders.py
 
 clean:
 	rm -rf build $(VENV)
