@@ -174,8 +174,9 @@ def test_sinkhorn_plan_has_uniform_marginals_and_approaches_the_exact_pairing():
     a = torch.randn(64, 2, generator=gen, dtype=torch.float64)
     b = torch.randn(64, 2, generator=gen, dtype=torch.float64)
     plan = ot.sinkhorn_plan(ot.squared_distances(a, b), reg=0.05, max_iters=5000, tol=1e-8)
-    assert torch.allclose(plan.sum(0), torch.full((64,), 1 / 64, dtype=torch.float64), rtol=1e-12)
-    assert torch.allclose(plan.sum(1), torch.full((64,), 1 / 64, dtype=torch.float64), rtol=1e-8)
+    # POT's last update makes the row sums exact; the column sums meet the tolerance.
+    assert torch.allclose(plan.sum(1), torch.full((64,), 1 / 64, dtype=torch.float64), rtol=1e-12)
+    assert torch.allclose(plan.sum(0), torch.full((64,), 1 / 64, dtype=torch.float64), rtol=1e-8)
     idx = ot.sinkhorn_pairing(a, b, reg=0.01, max_iters=2000, seed=0)
     random_cost = _cost(a, b, torch.arange(64))
     pytest.importorskip("scipy")

@@ -41,7 +41,7 @@ class FlowMatching(ODEFamily):
             classifier-free guidance (``sample(..., guidance=w)``); see :mod:`pyprobtf.families._ode`.
         ot: minibatch optimal-transport pairing of noise and data: ``None``
             (independent pairs), ``"exact"`` (optimal assignment; needs SciPy)
-            or ``"sinkhorn"`` (entropic plan, plain torch; for large batches).
+            or ``"sinkhorn"`` (entropic plan by POT; for large batches).
         sinkhorn_reg: Sinkhorn's regularisation as a share of the mean cost.
         sigma_min: width of the conditional path at the data end.
         ode_steps, ode_method: the solver for ``transform``/``inverse``/``sample`` (``ode_steps`` default:
