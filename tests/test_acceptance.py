@@ -44,7 +44,8 @@ def test_flow_matching_on_checkerboard():
 
 @pytest.mark.slow
 def test_diffusion_on_eight_gaussians():
-    row = _bench().run_task("diffusion-8gaussians", seconds=90, num_threads=1, mass_grid=60)
+    # 20000 steps (its default) take 55-90 s on this 2-core machine, depending on the day: the cap must not cut them.
+    row = _bench().run_task("diffusion-8gaussians", seconds=150, num_threads=1, mass_grid=60)
     assert row["quality"] >= 0.95, row
     assert 0.09 <= row["coverage_min"] and row["coverage_max"] <= 0.16, row
     assert abs(row["gap"]) <= 0.3, row
