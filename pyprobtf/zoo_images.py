@@ -78,7 +78,7 @@ def run_image_zoo(
 
     out, device = Path(out), torch.device(device)
     start = time.perf_counter()
-    train, labels = digits("train", image=True, dequantize=True, labels=True)
+    train = digits("train", image=True, dequantize=True)
     test = digits("test", image=True, dequantize=True)
     reference = {k: v for k, v in metrics.digits_score(test).items() if k != "classes"}
     constructors = zoo._constructors()
@@ -116,7 +116,6 @@ def run_image_zoo(
         "dataset": "digits", "settings": settings, "machine": machine(settings["device"].split(":")[0]),
         "seconds": report.seconds, "real_digits": reference,
         "families": [dataclasses.asdict(r) for r in results]}, indent=1))
-    del labels
     return report
 
 
