@@ -26,8 +26,46 @@ static ptf::Mat mat(const MatArg& m) {
 static ptf::Vec vec(const VecArg& v) { return ptf::Vec{reinterpret_cast<void*>(std::get<0>(v)), std::get<1>(v)}; }
 static void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
 
+// The enums the Python side passes as integers, by the names it uses for them;
+// tests/test_registry.py checks pyprobtf.ops against these.
+static py::dict enums() {
+  using ptf::ScaleFn;
+  using ptf::VqMetric;
+  py::dict scale_fn, metric, dtype, status;
+  scale_fn["exp"] = int(ScaleFn::Exp);
+  scale_fn["softclamp"] = int(ScaleFn::SoftClamp);
+  scale_fn["sigmoid"] = int(ScaleFn::Sigmoid);
+  scale_fn["softclip"] = int(ScaleFn::SoftClip);
+  scale_fn["sigmoid_eps"] = int(ScaleFn::SigmoidEps);
+  scale_fn["inv_sigmoid"] = int(ScaleFn::InvSigmoid);
+  metric["l2"] = int(VqMetric::L2);
+  metric["cosine"] = int(VqMetric::Cosine);
+  metric["dot"] = int(VqMetric::Dot);
+  dtype["float32"] = int(ptf::DType::Float32);
+  dtype["float64"] = int(ptf::DType::Float64);
+  dtype["float16"] = int(ptf::DType::Float16);
+  dtype["bfloat16"] = int(ptf::DType::BFloat16);
+  status["ok"] = int(ptf::sampling::kOk);
+  status["bad_temperature"] = int(ptf::sampling::kBadTemperature);
+  status["bad_top_k"] = int(ptf::sampling::kBadTopK);
+  status["bad_top_p"] = int(ptf::sampling::kBadTopP);
+  status["bad_min_p"] = int(ptf::sampling::kBadMinP);
+  status["bad_uniform"] = int(ptf::sampling::kBadUniform);
+  status["nan_logit"] = int(ptf::sampling::kNanLogit);
+  status["pos_inf_logit"] = int(ptf::sampling::kPosInfLogit);
+  status["all_neg_inf"] = int(ptf::sampling::kAllNegInf);
+  py::dict all;
+  all["scale_fn"] = scale_fn;
+  all["metric"] = metric;
+  all["dtype"] = dtype;
+  all["status"] = status;
+  return all;
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyprobtf CPU kernels (C++17, OpenMP)";
+
+  m.def("enums", &enums, "The integer codes of scale functions, metrics, dtypes and sampling statuses.");
 
   m.def("openmp", []() {
 #if defined(PTF_HAVE_OPENMP)

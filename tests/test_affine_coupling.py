@@ -294,10 +294,10 @@ def test_second_derivatives_match_reference(path, scale_fn):
 
 
 def test_auto_picks_cpp_on_cpu():
-    from pyprobtf.ops import _backends
+    from pyprobtf.ops import _backends, _registry
 
     assert available_backends()["cpp"].available
-    assert _backends.resolve("affine_coupling", "auto", "cpu") == "cpp"
+    assert _registry.resolve("affine_coupling", "auto", "cpu") == "cpp"
 
 
 def test_unavailable_backend_says_why():

@@ -399,7 +399,7 @@ def test_no_grad_skips_autograd_and_out_refuses_grad():
 
 def test_auto_picks_cpp_on_cpu():
     assert available_backends()["cpp"].available
-    assert _backends.resolve("lincomb", "auto", "cpu") == "cpp"
+    assert _registry.resolve("lincomb", "auto", "cpu") == "cpp"
 
 
 def test_unavailable_backend_says_why():

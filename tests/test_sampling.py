@@ -371,11 +371,11 @@ def test_opcheck(backend):
     u = torch.rand(4, dtype=torch.float64)
     k = torch.tensor([0, 3, 5, 40])
     torch.library.opcheck(torch.ops.pyprobtf.sample_logits.default,
-                          (x, None, 0.8, k, 0, None, 0.9, None, 0.0, u, None, 0, None, 0, backend))
+                          (x, None, 0.8, k, 0, None, 0.9, None, 0.0, u, None, 0, None, 0, backend, None))
     torch.library.opcheck(torch.ops.pyprobtf.sample_logits.default,
-                          (x, None, 1.0, None, 5, None, 1.0, None, 0.0, None, torch.arange(4), 0, None, 2, backend))
+                          (x, None, 1.0, None, 5, None, 1.0, None, 0.0, None, torch.arange(4), 0, None, 2, backend, True))
     torch.library.opcheck(torch.ops.pyprobtf.filter_logits.default,
-                          (x.requires_grad_(), None, 0.7, None, 4, None, 0.95, None, 0.01, backend))
+                          (x.requires_grad_(), None, 0.7, None, 4, None, 0.95, None, 0.01, backend, None))
 
 
 def test_torch_compile_fullgraph():

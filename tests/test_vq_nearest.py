@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pyprobtf import reference
 from pyprobtf.ops import BackendUnavailableError, available_backends, vq_nearest
 from pyprobtf.ops._backends import triton_interpreting
-from pyprobtf.ops.vq_nearest import cpp_isa_levels, forced_cpp_isa
+from pyprobtf.ops._cpp import forced_vq_isa as forced_cpp_isa, vq_isa_levels as cpp_isa_levels
 from pyprobtf.testing import DTYPES, LAYOUTS, make_tensor
 from pyprobtf.testing.ops import check_vq_nearest, check_vq_nearest_result
 
@@ -402,10 +402,10 @@ def test_gpu_peak_memory(backend):
 
 
 def test_auto_picks_cpp_on_cpu():
-    from pyprobtf.ops import _backends
+    from pyprobtf.ops import _backends, _registry
 
     assert available_backends()["cpp"].available
-    assert _backends.resolve("vq_nearest", "auto", "cpu") == "cpp"
+    assert _registry.resolve("vq_nearest", "auto", "cpu") == "cpp"
 
 
 def test_unavailable_backend_says_why():

@@ -1,56 +1,38 @@
-"""Backends: which exist on this machine, which were verified on which GPU,
-and which one ``backend="auto"`` picks.
-
-Every op has four backends:
+"""Backends: which exist on this machine, and which were verified on which GPU.
 
 - ``reference``: pure PyTorch (``pyprobtf.reference``), the spec; runs anywhere.
+- ``torch``: the fast PyTorch path (``pyprobtf.ops._fast_torch``): the op's
+  contract in the compute dtype, with no host synchronisation; what ``auto``
+  uses on a GPU whose kernels are not verified.
 - ``cpp``: C++17 kernels in ``pyprobtf._C`` (CPU tensors).
 - ``triton``: Triton kernels in ``pyprobtf.kernels``; compiled for CUDA tensors,
-  or run by Triton's interpreter on CPU tensors when ``TRITON_INTERPRET=1``.
+  or run by Triton's interpreter on CPU tensors (for testing: slow).
 - ``cuda``: CUDA kernels in ``pyprobtf._C_cuda`` (CUDA tensors).
 
-GPU code that has never run on a GPU is not trusted: ``auto`` only picks a
-GPU backend for an op after its tests passed on a real GPU, as recorded in
-``GPU_VERIFIED``. Naming a backend explicitly always runs it (with a warning
-when it is unverified), or raises :class:`BackendUnavailableError` saying why
-it cannot run.
+Which backend runs a call is decided in :mod:`pyprobtf.ops._registry`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import os
-import warnings
-from collections.abc import Mapping, Sequence
+import sys
 
 import torch
 
-BACKEND_NAMES = ("reference", "cpp", "triton", "cuda")
+BACKEND_NAMES = ("reference", "torch", "cpp", "triton", "cuda")
 GPU_BACKENDS = ("triton", "cuda")
 
 # (op, backend) -> the GPUs its test suite passed on, as "GPU name, date (what ran)".
-# An entry is added only by someone who ran `pytest -m gpu` and the triton run
-# on that GPU. Empty: no GPU has been lent to this project yet, so on CUDA
-# tensors `auto` uses the reference (PyTorch) implementation.
-GPU_VERIFIED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("affine_coupling", "triton"): (),
-    ("affine_coupling", "cuda"): (),
-    ("lincomb", "triton"): (),
-    ("lincomb", "cuda"): (),
-    ("sample_logits", "triton"): (),
-    ("sample_logits", "cuda"): (),
-    ("filter_logits", "triton"): (),
-    ("filter_logits", "cuda"): (),
-
-    ("vq_nearest", "triton"): (),
-    ("vq_nearest", "cuda"): (),
-}
-
-# op -> device type -> backends in order of measured speed (fastest first).
-# Filled by each op module through `register_op`, citing the benchmark behind it.
-_AUTO_ORDER: dict[str, Mapping[str, Sequence[str]]] = {}
+# An entry is added only from a run of scripts/gpu_verify.sh on that GPU (its
+# summary, benchmarks/results/gpu-verify-<gpu>.md). Empty: no GPU has been lent
+# to this project yet. On a user's GPU, `auto` uses a kernel after it passed its
+# self-check there (pyprobtf/ops/_selfcheck.py).
+GPU_VERIFIED: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -74,8 +56,8 @@ class BackendStatus:
 
 
 def triton_interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether pyprobtf's Triton kernels run in Triton's interpreter (on CPU tensors, machines without CUDA)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" or not torch.cuda.is_available()
 
 
 @functools.cache
@@ -124,20 +106,46 @@ def _load_cuda():
     return module, ""
 
 
+@contextlib.contextmanager
+def triton_interpreter():
+    """Triton's interpreter for pyprobtf's kernels on CPU, for the duration of the block.
+
+    The interpreter must be chosen before triton is imported, and Triton reads
+    the choice (TRITON_INTERPRET) again while it runs a kernel; so pyprobtf
+    sets it around its own imports and launches only, never at ``import
+    pyprobtf``, leaving the rest of the process's Triton code as it was.
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") == "1" or torch.cuda.is_available():
+        yield
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+
+
 @functools.cache
 def _load_triton():
-    try:
-        importlib.import_module("triton")
-    except ImportError as exc:
-        return None, f"triton is not installed ({exc})"
-    return importlib.import_module("pyprobtf.kernels"), ""
+    """pyprobtf.kernels, compiled for the GPU, or for Triton's interpreter on a machine without CUDA."""
+    if importlib.util.find_spec("triton") is None:
+        return None, "triton is not installed"
+    if not triton_interpreting() or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return importlib.import_module("pyprobtf.kernels"), ""
+    if "triton" in sys.modules:
+        return None, ("no CUDA device, and triton was imported before pyprobtf could choose its interpreter: "
+                      "set TRITON_INTERPRET=1 before importing triton to run pyprobtf's Triton kernels on CPU")
+    with triton_interpreter():
+        return importlib.import_module("pyprobtf.kernels"), ""
 
 
 @functools.cache
 def available_backends() -> dict[str, BackendStatus]:
     """Which backends can run on this machine, on which device types, and why the others cannot."""
     has_cuda = torch.cuda.is_available()
-    status = {"reference": BackendStatus(("cpu", "cuda") if has_cuda else ("cpu",), "pure PyTorch, the spec")}
+    everywhere = ("cpu", "cuda") if has_cuda else ("cpu",)
+    status = {"reference": BackendStatus(everywhere, "pure PyTorch, the spec"),
+              "torch": BackendStatus(everywhere, "fast PyTorch path, no host synchronisation")}
 
     cpp, why = _load_cpp()
     if cpp is not None:
@@ -145,17 +153,12 @@ def available_backends() -> dict[str, BackendStatus]:
     else:
         status["cpp"] = BackendStatus((), why)
 
-    kernels, why = _load_triton()
-    if kernels is None:
-        status["triton"] = BackendStatus((), why)
-    elif triton_interpreting():
-        status["triton"] = BackendStatus(("cpu",), "interpreter on CPU (TRITON_INTERPRET=1): for testing, slow")
+    if importlib.util.find_spec("triton") is None:
+        status["triton"] = BackendStatus((), "triton is not installed")
     elif has_cuda:
         status["triton"] = BackendStatus(("cuda",), "compiled Triton kernels")
-    else:
-        status["triton"] = BackendStatus(
-            (), "no CUDA device, and TRITON_INTERPRET=1 was not set before triton was imported"
-        )
+    else:  # loaded on first use (see _load_triton)
+        status["triton"] = BackendStatus(("cpu",), "Triton's interpreter on CPU: for testing, slow")
 
     cuda, why = _load_cuda()
     if cuda is not None:
@@ -165,50 +168,8 @@ def available_backends() -> dict[str, BackendStatus]:
     return status
 
 
-def register_op(op: str, auto_order: Mapping[str, Sequence[str]]) -> None:
-    """Record the order in which ``auto`` tries backends for ``op`` on each device type."""
-    _AUTO_ORDER[op] = auto_order
-
-
 def is_gpu_verified(op: str, backend: str) -> bool:
     return bool(GPU_VERIFIED.get((op, backend)))
-
-
-@functools.cache
-def _warn_unverified(op: str, backend: str) -> None:
-    warnings.warn(
-        f"{op}: the {backend} backend has not been verified on a GPU yet (see GPU_VERIFIED in "
-        "pyprobtf/ops/_backends.py); check its results, e.g. with `pyprobtf check`",
-        RuntimeWarning,
-        stacklevel=4,
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def resolve(op: str, backend: str, device_type: str) -> str:
-    """The concrete backend that runs ``op`` on ``device_type`` for the requested ``backend``."""
-    statuses = available_backends()
-    if backend == "auto":
-        for name in _AUTO_ORDER[op].get(device_type, ()):
-            if device_type not in statuses[name].devices:
-                continue
-            if device_type != "cpu" and name in GPU_BACKENDS and not is_gpu_verified(op, name):
-                continue
-            return name
-        return "reference"
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"{op}: `backend` must be 'auto' or one of {BACKEND_NAMES}; got {backend!r}")
-    if backend == "reference":
-        return backend
-    status = statuses[backend]
-    if device_type not in status.devices:
-        where = f"runs on {', '.join(status.devices)} only" if status.devices else "is unavailable"
-        raise BackendUnavailableError(
-            f"{op}: backend {backend!r} cannot run on {device_type} tensors here: it {where} ({status.detail})"
-        )
-    if device_type != "cpu" and backend in GPU_BACKENDS and not is_gpu_verified(op, backend):
-        _warn_unverified(op, backend)
-    return backend
 
 
 def cpp_module():
@@ -230,19 +191,3 @@ def triton_kernels():
     if module is None:
         raise BackendUnavailableError(why)
     return module
-
-
-def use_custom_op(*tensors: torch.Tensor) -> bool:
-    """Whether a call must go through the registered torch custom op.
-
-    torch.compile, fake tensors, tensor subclasses and functorch transforms need
-    the custom op; plain eager calls take the cheaper autograd.Function path.
-    """
-    if torch.compiler.is_compiling():
-        return True
-    for t in tensors:
-        if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
-            return True
-        if torch._C._functorch.is_functorch_wrapped_tensor(t):
-            return True
-    return False

@@ -42,3 +42,25 @@ def cuda_stream(t: torch.Tensor) -> int:
 def num_threads() -> int:
     """Thread count for the C++ kernels: torch's own setting, so both agree."""
     return torch.get_num_threads()
+
+
+def vec_or_none(t: torch.Tensor | None) -> tuple[int, int]:
+    """:func:`vec` of ``t``, or (0, 0) for an absent per-row tensor."""
+    return (0, 0) if t is None else vec(t)
+
+
+def _row_param(tensor: torch.Tensor | None, number) -> tuple[int, int, int | float]:
+    """A per-row parameter as (pointer, stride, number): the tensor when given, else the number."""
+    return (tensor.data_ptr(), tensor.stride(0), 0) if tensor is not None else (0, 0, number)
+
+
+def sampling_args(logits, params, uniform, seed, offset, tokens, logprobs, status, filtered) -> tuple:
+    """The native sampling kernels' common arguments; ``params`` maps names to (tensor or None, number)."""
+    p = {name: _row_param(*value) for name, value in params.items()}
+    return (
+        mat(logits), logits.shape[0], logits.shape[1], DTYPE_CODES[logits.dtype],
+        p["temperature"], p["top_k"], p["top_p"], p["min_p"],
+        vec_or_none(uniform), _row_param(*seed), _row_param(*offset),
+        0 if tokens is None else tokens.data_ptr(), 0 if logprobs is None else logprobs.data_ptr(),
+        status.data_ptr(), 0 if filtered is None else filtered.data_ptr(),
+    )

@@ -15,11 +15,10 @@ Gradients for all three inputs come from one fused backward pass (higher
 derivatives, with ``create_graph=True``, from the same chain rule written in
 torch ops).
 
-Two call paths share the same backend launchers: eager calls on plain tensors
-go through a ``torch.autograd.Function`` (a few microseconds of overhead);
-``torch.compile``, fake tensors and functorch transforms go through the
-registered custom op ``torch.ops.pyprobtf.affine_coupling`` (tens of
-microseconds in eager mode: see benchmarks/results for the measured numbers).
+Eager calls on plain tensors go through an ``autograd.Function`` (a few
+microseconds of overhead); ``torch.compile``, fake tensors and functorch
+transforms go through the custom op ``torch.ops.pyprobtf.affine_coupling``;
+both use the same autograd formula.
 """
 
 from __future__ import annotations
@@ -27,106 +26,53 @@ from __future__ import annotations
 import torch
 
 from pyprobtf import reference
-from pyprobtf.ops import _backends, _native, _validate
+from pyprobtf.ops import _native, _registry, _validate
 
 OP = "affine_coupling"
 SCALE_FNS = {"exp": 0, "softclamp": 1, "sigmoid": 2, "softclip": 3, "sigmoid_eps": 4, "inv_sigmoid": 5}
 
-# Order `auto` tries on each device type, fastest first, as measured by
-# benchmarks/bench_affine_coupling.py (benchmarks/results/affine_coupling-*.md).
-# On CUDA only GPU-verified backends are taken (see _backends.GPU_VERIFIED).
-_backends.register_op(OP, {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")})
+# `auto` order: fastest first, as measured by benchmarks/bench_affine_coupling.py
+# (benchmarks/results/affine_coupling-*.md).
+_registry.define(OP, auto={"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")},
+                 entries=(OP, "affine_coupling_backward"), benchmark="bench_affine_coupling",
+                 custom_ops=("pyprobtf::affine_coupling", "pyprobtf::affine_coupling_backward"))
+_registry.register_kernel(OP, "reference")(reference.affine_coupling)
+_registry.register_kernel("affine_coupling_backward", "reference")(reference.affine_coupling_backward)
 
 
 def _ladj_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# ----------------------------------------------------------------------------- backends
-# Each launcher fills preallocated outputs from 2-D (B, F) views.
-
-
-def _forward_cpp(x, shift, scale, y, ladj, scale_fn, clamp, inverse):
-    _backends.cpp_module().affine_coupling_forward(
-        _native.mat(x), _native.mat(shift), _native.mat(scale), y.data_ptr(), ladj.data_ptr(),
-        x.shape[0], x.shape[1], _native.DTYPE_CODES[x.dtype], scale_fn, clamp, inverse, _native.num_threads(),
-    )
-
-
-def _forward_cuda(x, shift, scale, y, ladj, scale_fn, clamp, inverse):
-    module = _backends.cuda_module()
-    nbytes = module.affine_coupling_workspace_bytes(x.shape[0], x.shape[1])
-    workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
-    module.affine_coupling_forward(
-        _native.mat(x), _native.mat(shift), _native.mat(scale), y.data_ptr(), ladj.data_ptr(),
-        x.shape[0], x.shape[1], _native.DTYPE_CODES[x.dtype], scale_fn, clamp, inverse,
-        workspace.data_ptr(), _native.cuda_stream(x),
-    )
-
-
-def _forward_triton(x, shift, scale, y, ladj, scale_fn, clamp, inverse):
-    _backends.triton_kernels().affine_coupling.forward(x, shift, scale, y, ladj, scale_fn, clamp, inverse)
-
-
-def _backward_cpp(gy, gl, x, shift, scale, gx, gshift, gscale, scale_fn, clamp, inverse):
-    _backends.cpp_module().affine_coupling_backward(
-        _native.mat(x), _native.mat(shift), _native.mat(scale), _native.mat(gy), _native.vec(gl),
-        gx.data_ptr(), 0 if gshift is None else gshift.data_ptr(), gscale.data_ptr(),
-        x.shape[0], x.shape[1], _native.DTYPE_CODES[x.dtype], scale_fn, clamp, inverse, _native.num_threads(),
-    )
-
-
-def _backward_cuda(gy, gl, x, shift, scale, gx, gshift, gscale, scale_fn, clamp, inverse):
-    _backends.cuda_module().affine_coupling_backward(
-        _native.mat(x), _native.mat(shift), _native.mat(scale), _native.mat(gy), _native.vec(gl),
-        gx.data_ptr(), 0 if gshift is None else gshift.data_ptr(), gscale.data_ptr(),
-        x.shape[0], x.shape[1], _native.DTYPE_CODES[x.dtype], scale_fn, clamp, inverse, _native.cuda_stream(x),
-    )
-
-
-def _backward_triton(gy, gl, x, shift, scale, gx, gshift, gscale, scale_fn, clamp, inverse):
-    _backends.triton_kernels().affine_coupling.backward(
-        gy, gl, x, shift, scale, gx, gshift, gscale, scale_fn, clamp, inverse
-    )
-
-
-_FORWARD = {"cpp": _forward_cpp, "cuda": _forward_cuda, "triton": _forward_triton}
-_BACKWARD = {"cpp": _backward_cpp, "cuda": _backward_cuda, "triton": _backward_triton}
-
-
 def _forward(x, shift, scale, scale_fn: str, clamp: float, inverse: bool, backend: str):
-    name = _backends.resolve(OP, backend, x.device.type)
-    if name == "reference":
-        y, ladj = reference.affine_coupling(x, shift, scale, scale_fn, clamp, inverse)
+    name = _registry.resolve(OP, backend, x.device.type)
+    kernel = _registry.kernel(OP, name)
+    if name in _registry.FUNCTIONAL:
+        y, ladj = kernel(x, shift, scale, scale_fn, clamp, inverse)
         return y.contiguous(), ladj
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     ladj = torch.empty(x.shape[0], dtype=_ladj_dtype(x.dtype), device=x.device)
-    _FORWARD[name](
-        _native.rows(x), _native.rows(shift), _native.rows(scale), _native.rows(y), ladj,
-        SCALE_FNS[scale_fn], clamp, inverse,
-    )
+    kernel(_native.rows(x), _native.rows(shift), _native.rows(scale), _native.rows(y), ladj,
+           SCALE_FNS[scale_fn], clamp, inverse)
     return y, ladj
 
 
 def _backward(grad_y, grad_ladj, x, shift, scale, scale_fn, clamp, inverse, backend, *, alias_ok: bool):
     """(grad_x, grad_shift, grad_scale). With ``alias_ok``, the forward direction's
     grad_shift is ``grad_y`` itself instead of a copy (not allowed inside a custom op)."""
-    name = _backends.resolve(OP, backend, x.device.type)
-    if name == "reference":
-        gx, gshift, gscale = reference.affine_coupling_backward(
-            grad_y, grad_ladj, x, shift, scale, scale_fn, clamp, inverse
-        )
+    name = _registry.resolve(OP, backend, x.device.type)
+    kernel = _registry.kernel("affine_coupling_backward", name)
+    if name in _registry.FUNCTIONAL:
+        gx, gshift, gscale = kernel(grad_y, grad_ladj, x, shift, scale, scale_fn, clamp, inverse)
         if not alias_ok and gshift is grad_y:
             gshift = gshift.clone()
         return gx.contiguous(), gshift.contiguous(), gscale.contiguous()
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     gscale = torch.empty_like(gx)
     gshift = None if (alias_ok and not inverse) else torch.empty_like(gx)
-    _BACKWARD[name](
-        _native.rows(grad_y), grad_ladj, _native.rows(x), _native.rows(shift), _native.rows(scale),
-        _native.rows(gx), None if gshift is None else _native.rows(gshift), _native.rows(gscale),
-        SCALE_FNS[scale_fn], clamp, inverse,
-    )
+    kernel(_native.rows(grad_y), grad_ladj, _native.rows(x), _native.rows(shift), _native.rows(scale),
+           _native.rows(gx), None if gshift is None else _native.rows(gshift), _native.rows(gscale),
+           SCALE_FNS[scale_fn], clamp, inverse)
     return gx, (grad_y if gshift is None else gshift), gscale
 
 
@@ -168,37 +114,20 @@ def _setup_context(ctx, inputs, output):
 
 def _op_backward(ctx, grad_y, grad_ladj):
     x, shift, scale = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True: differentiable formula (see _AffineCoupling.backward)
+    if torch.is_grad_enabled():
+        # create_graph=True (gradient penalties, Hessian-vector products): the
+        # fused kernel is not differentiable, so use the chain rule written in
+        # torch ops, which autograd can differentiate again.
         grads = reference.affine_coupling_backward(grad_y, grad_ladj, x, shift, scale, *ctx.options[:3])
+    elif getattr(ctx, "eager", False):
+        grads = _backward(grad_y, grad_ladj, x, shift, scale, *ctx.options, alias_ok=True)
     else:
         grads = _affine_coupling_backward_op(grad_y, grad_ladj, x, shift, scale, *ctx.options)
     return *grads, None, None, None, None
 
 
 _affine_coupling_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-# ----------------------------------------------------------------------------- eager path
-
-
-class _AffineCoupling(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, shift, scale, scale_fn, clamp, inverse, backend):
-        ctx.save_for_backward(x, shift, scale)
-        ctx.options = (scale_fn, clamp, inverse, backend)
-        return _forward(x, shift, scale, scale_fn, clamp, inverse, backend)
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_ladj):
-        x, shift, scale = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True (gradient penalties, Hessian-vector products): the
-            # fused kernel is not differentiable, so use the chain rule written in
-            # torch ops, which autograd can differentiate again.
-            grads = reference.affine_coupling_backward(grad_y, grad_ladj, x, shift, scale, *ctx.options[:3])
-        else:
-            grads = _backward(grad_y, grad_ladj, x, shift, scale, *ctx.options, alias_ok=True)
-        return *grads, None, None, None, None
+_eager_apply = _registry.eager_autograd(_forward, _setup_context, _op_backward)
 
 
 # ----------------------------------------------------------------------------- public op
@@ -249,7 +178,7 @@ def affine_coupling(
     _validate.choice(OP, "scale_fn", scale_fn, tuple(SCALE_FNS))
     clamp = _validate.positive_finite(OP, "clamp", clamp)
     _validate.boolean(OP, "inverse", inverse)
-    _validate.choice(OP, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
-    if _backends.use_custom_op(x, shift, scale):
+    _registry.check_backend(OP, backend)
+    if _registry.use_custom_op(x, shift, scale):
         return _affine_coupling_op(x, shift, scale, scale_fn, clamp, inverse, backend)
-    return _AffineCoupling.apply(x, shift, scale, scale_fn, clamp, inverse, backend)
+    return _eager_apply(x, shift, scale, scale_fn, clamp, inverse, backend)

@@ -30,16 +30,17 @@ from typing import Optional
 import torch
 
 from pyprobtf import reference, seeds
-from pyprobtf.ops import _backends, _native, _validate
+from pyprobtf.ops import _native, _registry, _validate
 
 OP = "lincomb"
 MAX_INPUTS = 4
 _INT64_MIN = -(1 << 63)
 
-# Order `auto` tries on each device type, fastest first, as measured by
-# benchmarks/bench_solvers.py (benchmarks/results/solvers-*.md).
-# On CUDA only GPU-verified backends are taken (see _backends.GPU_VERIFIED).
-_backends.register_op(OP, {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")})
+# `auto` order: fastest first, as measured by benchmarks/bench_solvers.py
+# (benchmarks/results/solvers-*.md).
+_registry.define(OP, auto={"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")},
+                 benchmark="bench_solvers", custom_ops=("pyprobtf::lincomb", "pyprobtf::lincomb_out"))
+_registry.register_kernel(OP, "reference")(reference.lincomb)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -49,40 +50,6 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _row_shape(shape) -> tuple[int, int]:
     """(B, F): the (rows, columns) view every backend works on."""
     return shape[0], math.prod(shape[1:])
-
-
-# ----------------------------------------------------------------------------- backends
-# Each launcher fills `out2`, a (B, F) view of the output, from (B, F) views of the inputs.
-# Per-row coefficient and noise tensors arrive in the compute dtype, seeds as int64.
-
-_NO_VEC = (0, 0)
-
-
-def _vec_or_none(t):
-    return _NO_VEC if t is None else _native.vec(t)
-
-
-def _launch_cpp(rows, cv, ct, out2, noise, nv, nt, sv, st, offset):
-    _backends.cpp_module().lincomb(
-        [_native.mat(r) for r in rows], cv, [_vec_or_none(c) for c in ct], _native.mat(out2),
-        out2.shape[0], out2.shape[1], _native.DTYPE_CODES[out2.dtype], noise, nv, _vec_or_none(nt),
-        sv, _vec_or_none(st), offset, _native.num_threads(),
-    )
-
-
-def _launch_cuda(rows, cv, ct, out2, noise, nv, nt, sv, st, offset):
-    _backends.cuda_module().lincomb(
-        [_native.mat(r) for r in rows], cv, [_vec_or_none(c) for c in ct], _native.mat(out2),
-        out2.shape[0], out2.shape[1], _native.DTYPE_CODES[out2.dtype], noise, nv, _vec_or_none(nt),
-        sv, _vec_or_none(st), offset, _native.cuda_stream(out2),
-    )
-
-
-def _launch_triton(rows, cv, ct, out2, noise, nv, nt, sv, st, offset):
-    _backends.triton_kernels().lincomb.lincomb(rows, cv, ct, out2, noise, nv, nt, sv, st, offset)
-
-
-_LAUNCH = {"cpp": _launch_cpp, "cuda": _launch_cuda, "triton": _launch_triton}
 
 
 def _has_noise(noise_value: float, noise_tensor) -> bool:
@@ -144,11 +111,12 @@ def _compute(tensors, cv, ct, nv, nt, sv, st, offset, backend, out=None):
     """The op on validated, normalised arguments; fills and returns ``out`` (a new tensor when None)."""
     _check_noise_rows(nt)
     first = tensors[0]
-    name = _backends.resolve(OP, backend, first.device.type)
+    name = _registry.resolve(OP, backend, first.device.type)
+    kernel = _registry.kernel(OP, name)
     noise = _has_noise(nv, nt)
-    if name == "reference":
+    if name in _registry.FUNCTIONAL:
         coeffs = [c if c is not None else v for v, c in zip(cv, ct)]
-        result = reference.lincomb(
+        result = kernel(
             tensors, coeffs, nt if nt is not None else nv, (st if st is not None else sv) if noise else None, offset
         )
         if out is None:
@@ -173,7 +141,7 @@ def _compute(tensors, cv, ct, nv, nt, sv, st, offset, backend, out=None):
             # noise counter), so short rows cost no per-row overhead.
             inputs = [t.view(1, -1) for t in inputs]
             out2 = target.view(1, -1)
-        _LAUNCH[name](inputs, list(cv), ct_c, out2, noise, nv, nt_c, sv, st_c, offset)
+        kernel(inputs, list(cv), ct_c, out2, noise, nv, nt_c, sv, st_c, offset)
     result = target.view(first.shape)
     if out is None:
         return result
@@ -311,42 +279,6 @@ def _op_backward(ctx, g):
 _lincomb_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
-# ----------------------------------------------------------------------------- eager path
-
-
-def _eager_call(tensors, cv, ct, nv, nt, sv, st, offset, backend):
-    return _dispatch(tensors, cv, ct, nv, nt, sv, st, offset, backend, out=None)
-
-
-class _Lincomb(torch.autograd.Function):
-    # apply(n, cv, nv, sv, offset, backend, *tensors, *coeff_tensors, noise_tensor, seed_tensor)
-
-    @staticmethod
-    def forward(ctx, n, cv, nv, sv, offset, backend, *args):
-        tensors, ct, nt, st = list(args[:n]), list(args[n:2 * n]), args[2 * n], args[2 * n + 1]
-        ctx.n = n
-        ctx.options = (cv, nv, sv, offset, backend)
-        ctx.has_ct = [c is not None for c in ct]
-        ctx.save_for_backward(*tensors, *[c for c in ct if c is not None], *([nt] if nt is not None else []),
-                              *([st] if st is not None else []))
-        ctx.has_nt, ctx.has_st = nt is not None, st is not None
-        return _compute(tensors, cv, ct, nv, nt, sv, st, offset, backend)
-
-    @staticmethod
-    def backward(ctx, g):
-        n = ctx.n
-        saved = list(ctx.saved_tensors)
-        tensors = saved[:n]
-        rest = saved[n:]
-        ct = [rest.pop(0) if has else None for has in ctx.has_ct]
-        nt = rest.pop(0) if ctx.has_nt else None
-        st = rest.pop(0) if ctx.has_st else None
-        cv, _, sv, offset, backend = ctx.options
-        needs = list(ctx.needs_input_grad[6:6 + 2 * n + 1])
-        grads = _gradients(g, tensors, cv, ct, nt, sv, st, offset, backend, needs, _eager_call)
-        return (None,) * 6 + tuple(grads) + (None,)
-
-
 def _needs_grad(tensors, ct, nt) -> bool:
     if not torch.is_grad_enabled():
         return False
@@ -354,15 +286,13 @@ def _needs_grad(tensors, ct, nt) -> bool:
 
 
 def _dispatch(tensors, cv, ct, nv, nt, sv, st, offset, backend, out):
-    """Route normalised arguments to the custom op, the autograd.Function or the kernel."""
+    """Route normalised arguments to the custom op (autograd, torch.compile) or straight to the kernel."""
     all_tensors = [*tensors, *[c for c in ct if c is not None], *[t for t in (nt, st, out) if t is not None]]
-    if _backends.use_custom_op(*all_tensors):
+    if _registry.use_custom_op(*all_tensors) or (out is None and _needs_grad(tensors, ct, nt)):
         if out is None:
             return _lincomb_op(tensors, cv, *_compact(ct), nv, nt, sv, st, offset, backend)
         _lincomb_out_op(tensors, cv, *_compact(ct), nv, nt, sv, st, offset, backend, out)
         return out
-    if out is None and _needs_grad(tensors, ct, nt):
-        return _Lincomb.apply(len(tensors), tuple(cv), nv, sv, offset, backend, *tensors, *ct, nt, st)
     return _compute(tensors, cv, ct, nv, nt, sv, st, offset, backend, out)
 
 
@@ -450,8 +380,8 @@ def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
         seeds.check_seed_tensor(seed, OP)
         st = _per_row("seed", seed, batch, first, dtypes=seeds.INTEGER_TENSOR_DTYPES, kind="an integer")
     elif seed is None:
-        if noise:  # like torch.randn: reproducible under torch.manual_seed
-            sv = int(torch.randint(_INT64_MIN, (1 << 63) - 1, (), dtype=torch.int64).item())
+        if noise:  # like torch.randn: from the device's generator (reproducible under torch.manual_seed), no sync
+            st = torch.randint(_INT64_MIN, (1 << 63) - 1, (batch,), dtype=torch.int64, device=first.device)
     elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         sv = seeds.signed_int64(seeds.check_seed(seed, OP))
     else:
@@ -468,7 +398,7 @@ def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
         if _needs_grad(tensors, ct, nt):
             raise RuntimeError(f"{OP}: `out=` does not support automatic differentiation (an input requires "
                                "grad); call it under torch.no_grad() or without `out`")
-    _validate.choice(OP, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
+    _registry.check_backend(OP, backend)
     return tensors, cv, ct, nv, nt, sv, st, offset
 
 
@@ -498,8 +428,9 @@ def lincomb(
             (:mod:`pyprobtf.seeds`; element with flat index ``i`` gets
             ``N(seed, offset + i)``), or an int8/16/32/64 or uint8 tensor of shape ``(B,)`` (element
             ``j`` of row ``b`` gets ``N(seed[b], offset + j)``: noise that does not depend
-            on the batch size or on the other rows). ``None`` draws an integer seed from
-            torch's default generator (pass one explicitly under ``torch.compile``).
+            on the batch size or on the other rows). ``None`` draws one seed per row from
+            the tensors' device generator, without waiting for the device (pass one
+            explicitly under ``torch.compile``).
         offset: counter of the first element: an int in ``[-2^63, 2^64)``, taken modulo ``2^64``
             (counters ``offset + i`` wrap modulo ``2^64``). Consecutive draws from one
             seed use disjoint counters, e.g. ``offset = step * numel`` (``step * row_numel``

@@ -13,9 +13,9 @@ backend sorts the vocabulary.
 Errors: arguments are checked before any kernel runs; values inside per-row
 tensors and in the logits (NaN, +inf, a row that is all -inf) are checked by
 the kernels themselves, which report a status per row, and the op raises for
-the first bad row. On CUDA that check waits for the kernels, except while a
-CUDA graph is being captured: there bad rows get token -1 and log-prob NaN
-(filter_logits: a row of NaN) without an error.
+the first bad row. That check would make the host wait for the device, so on
+CUDA it is opt-in (``check=True``): unchecked bad rows get token -1 and
+log-prob NaN (filter_logits: a row of NaN), without an error.
 """
 
 from __future__ import annotations
@@ -26,20 +26,24 @@ import numbers
 import torch
 
 from pyprobtf import reference, seeds
-from pyprobtf.ops import _backends, _native, _validate
+from pyprobtf.ops import _registry, _validate
 from pyprobtf.reference.sampling import compute_dtype
 
 SAMPLE = "sample_logits"
 FILTER = "filter_logits"
 
-# Order `auto` tries on each device type, fastest first (benchmarks/bench_sampling.py,
-# benchmarks/results/sampling-*.md). On CUDA only GPU-verified backends are taken.
-_AUTO = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
-_backends.register_op(SAMPLE, _AUTO)
-_backends.register_op(FILTER, _AUTO)
+# `auto` order: fastest first (benchmarks/bench_sampling.py, benchmarks/results/sampling-*.md).
+_AUTO = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
+_registry.define(SAMPLE, auto=_AUTO, benchmark="bench_sampling")
+_registry.define(FILTER, auto=_AUTO, benchmark="bench_sampling", checks=SAMPLE)
+_registry.register_kernel(SAMPLE, "reference")(reference.sample_logits)
+_registry.register_kernel(FILTER, "reference")(reference.filter_logits)
 
-# Per-row status codes, as csrc/include/pyprobtf/sampling.h numbers them.
-OK, BAD_TEMPERATURE, BAD_TOP_K, BAD_TOP_P, BAD_MIN_P, BAD_UNIFORM, NAN_LOGIT, POS_INF_LOGIT, ALL_NEG_INF = range(9)
+# Per-row status codes, as csrc/include/pyprobtf/sampling.h numbers them (checked against the native module's
+# `enums()` by tests/test_registry.py).
+STATUS = {"ok": 0, "bad_temperature": 1, "bad_top_k": 2, "bad_top_p": 3, "bad_min_p": 4, "bad_uniform": 5,
+          "nan_logit": 6, "pos_inf_logit": 7, "all_neg_inf": 8}
+OK, BAD_TEMPERATURE, BAD_TOP_K, BAD_TOP_P, BAD_MIN_P, BAD_UNIFORM, NAN_LOGIT, POS_INF_LOGIT, ALL_NEG_INF = STATUS.values()
 
 _RULES = {
     "temperature": "must be a finite number >= 0 (0 is greedy) that stays finite in the compute dtype "
@@ -148,9 +152,12 @@ def _raise_for_status(op: str, status: torch.Tensor, params: dict) -> None:
     raise ValueError(f"{op}: `logits` row {row} {what}{more}")
 
 
-def _check_status(op: str, status: torch.Tensor, params: dict) -> None:
+def _check_status(op: str, status: torch.Tensor, params: dict, check: bool | None) -> None:
+    """Raise for bad rows when asked (by default on CPU only: on CUDA it waits for the device)."""
+    if check is False or (check is None and status.device.type != "cpu"):
+        return
     if status.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return  # no host synchronisation inside a CUDA graph (see the module docstring)
+        return  # no host synchronisation inside a CUDA graph
     _raise_for_status(op, status.cpu(), params)
 
 
@@ -204,42 +211,6 @@ def _merge_temperature_status(status, params, logits) -> bool:
 # ----------------------------------------------------------------------------- backends
 
 
-def _native_params(params: dict):
-    """(pointer or 0, stride, number) per parameter, as the native kernels take them."""
-    out = {}
-    for name, (tensor, number) in params.items():
-        out[name] = (tensor.data_ptr(), tensor.stride(0), number) if tensor is not None else (0, 0, number)
-    return out
-
-
-def _launch(name: str, logits, params, uniform, seed, offset, tokens, logprobs, status, filtered) -> bool:
-    """Run backend ``name`` (cpp, cuda or triton); every output is preallocated.
-
-    Returns False when the backend already knows that every row's status is OK.
-    """
-    if name == "triton":
-        _backends.triton_kernels().sampling.run(
-            logits, params, uniform, seed, offset, tokens, logprobs, status, filtered)
-        return True
-    p = _native_params(params)
-    uniform_arg = (uniform.data_ptr(), uniform.stride(0)) if uniform is not None else (0, 0)
-    seed_arg = (seed[0].data_ptr(), seed[0].stride(0), 0) if seed[0] is not None else (0, 0, seed[1])
-    offset_arg = (offset[0].data_ptr(), offset[0].stride(0), 0) if offset[0] is not None else (0, 0, offset[1])
-    common = (
-        _native.mat(logits), logits.shape[0], logits.shape[1], _native.DTYPE_CODES[logits.dtype],
-        p["temperature"], p["top_k"], p["top_p"], p["min_p"], uniform_arg, seed_arg, offset_arg,
-        0 if tokens is None else tokens.data_ptr(), 0 if logprobs is None else logprobs.data_ptr(),
-        status.data_ptr(), 0 if filtered is None else filtered.data_ptr(),
-    )
-    if name == "cpp":
-        return _backends.cpp_module().sample_logits(*common, _native.num_threads()) > 0
-    module = _backends.cuda_module()
-    nbytes = module.sample_logits_workspace_bytes(logits.shape[0], logits.shape[1], _native.DTYPE_CODES[logits.dtype])
-    workspace = torch.empty(nbytes, dtype=torch.uint8, device=logits.device)  # from torch: CUDA-graph safe
-    module.sample_logits(*common, workspace.data_ptr(), _native.cuda_stream(logits))
-    return True
-
-
 def _params_dict(temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p) -> dict:
     return {"temperature": (temperature_t, temperature), "top_k": (top_k_t, top_k), "top_p": (top_p_t, top_p),
             "min_p": (min_p_t, min_p)}
@@ -250,37 +221,43 @@ def _ref_value(param):
     return tensor if tensor is not None else number
 
 
-def _sample(logits, params, uniform, seed, offset, backend):
+def _sample(logits, params, uniform, seed, offset, backend, check=None):
     """(tokens, logprobs). ``uniform`` is a float64 (B,) tensor or None (then ``seed``/``offset`` are used)."""
-    name = _backends.resolve(SAMPLE, backend, logits.device.type)
+    name = _registry.resolve(SAMPLE, backend, logits.device.type)
+    kernel = _registry.kernel(SAMPLE, name)
     rows = logits.shape[0]
-    if name == "reference":
+    if name in _registry.FUNCTIONAL:
         if uniform is None:
             uniform = reference.sampling.seeded_uniforms(rows, _ref_value(seed), _ref_value(offset), logits.device)
-        _raise_for_status(SAMPLE, _reference_status(logits, params, uniform).cpu(), params | {"uniform": (uniform, 0)})
-        return reference.sample_logits(logits, uniform, *(_ref_value(params[k]) for k in _PARAM_NAMES))
+        status = _reference_status(logits, params, uniform)
+        _check_status(SAMPLE, status, params | {"uniform": (uniform, 0)}, check)
+        tokens, logprobs = kernel(logits, uniform, *(_ref_value(params[k]) for k in _PARAM_NAMES))
+        bad = status != OK
+        return torch.where(bad, -1, tokens), torch.where(bad, math.nan, logprobs)
     tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
     logprobs = torch.empty(rows, dtype=compute_dtype(logits.dtype), device=logits.device)
     status = torch.empty(rows, dtype=torch.int32, device=logits.device)
-    launched_check = _launch(name, logits, params, uniform, seed, offset, tokens, logprobs, status, None)
+    launched_check = kernel(logits, params, uniform, seed, offset, tokens, logprobs, status, None)
     if _merge_temperature_status(status, params, logits) or launched_check:
-        _check_status(SAMPLE, status, params | {"uniform": (uniform, 0)})
+        _check_status(SAMPLE, status, params | {"uniform": (uniform, 0)}, check)
     return tokens, logprobs
 
 
-def _filter(logits, params, backend):
-    name = _backends.resolve(FILTER, backend, logits.device.type)
-    if name == "reference":
-        _raise_for_status(FILTER, _reference_status(logits, params, None).cpu(), params)
-        return reference.filter_logits(logits, *(_ref_value(params[k]) for k in _PARAM_NAMES)).contiguous()
+def _filter(logits, params, backend, check=None):
+    name = _registry.resolve(FILTER, backend, logits.device.type)
+    kernel = _registry.kernel(FILTER, name)
+    if name in _registry.FUNCTIONAL:
+        status = _reference_status(logits, params, None)
+        _check_status(FILTER, status, params, check)
+        filtered = kernel(logits, *(_ref_value(params[k]) for k in _PARAM_NAMES))
+        return torch.where((status != OK)[:, None], math.nan, filtered).to(logits.dtype).contiguous()
     rows, cols = logits.shape
     filtered = torch.empty(rows, cols, dtype=logits.dtype, device=logits.device)
     status = torch.empty(rows, dtype=torch.int32, device=logits.device)
-    launched_check = _launch(name, logits, params, None, (None, 0), (None, 0), None, None, status, filtered)
+    launched_check = kernel(logits, params, None, (None, 0), (None, 0), None, None, status, filtered)
     if _merge_temperature_status(status, params, logits) or launched_check:
-        _check_status(FILTER, status, params)
+        _check_status(FILTER, status, params, check)
     return filtered
-
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -293,15 +270,15 @@ def _sample_logits_op(
     logits: torch.Tensor, temperature_t: torch.Tensor | None, temperature: float, top_k_t: torch.Tensor | None,
     top_k: int, top_p_t: torch.Tensor | None, top_p: float, min_p_t: torch.Tensor | None, min_p: float,
     uniform: torch.Tensor | None, seed_t: torch.Tensor | None, seed: int, offset_t: torch.Tensor | None,
-    offset: int, backend: str,
+    offset: int, backend: str, check: bool | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     params = _params_dict(temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p)
-    return _sample(logits, params, uniform, (seed_t, seed), (offset_t, offset), backend)
+    return _sample(logits, params, uniform, (seed_t, seed), (offset_t, offset), backend, check)
 
 
 @_sample_logits_op.register_fake
 def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, uniform, seed_t, seed,
-      offset_t, offset, backend):
+      offset_t, offset, backend, check):
     rows = logits.shape[0]
     return (logits.new_empty(rows, dtype=torch.int64), logits.new_empty(rows, dtype=compute_dtype(logits.dtype)))
 
@@ -310,14 +287,14 @@ def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_
 def _filter_logits_op(
     logits: torch.Tensor, temperature_t: torch.Tensor | None, temperature: float, top_k_t: torch.Tensor | None,
     top_k: int, top_p_t: torch.Tensor | None, top_p: float, min_p_t: torch.Tensor | None, min_p: float,
-    backend: str,
+    backend: str, check: bool | None,
 ) -> torch.Tensor:
     params = _params_dict(temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p)
-    return _filter(logits, params, backend)
+    return _filter(logits, params, backend, check)
 
 
 @_filter_logits_op.register_fake
-def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, backend):
+def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, backend, check):
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
 
@@ -339,7 +316,7 @@ def _filter_backward(ctx, grad):
         t = torch.full((rows,), ctx.temperature, dtype=C, device=output.device)
     inv_t = torch.where(t == 0, 0.0, 1.0 / t).unsqueeze(1)
     grad_logits = torch.where(output.isfinite(), grad.to(C) * inv_t, 0.0).to(output.dtype)
-    return grad_logits, None, None, None, None, None, None, None, None, None
+    return grad_logits, None, None, None, None, None, None, None, None, None, None
 
 
 _filter_logits_op.register_autograd(_filter_backward, setup_context=_filter_setup_context)
@@ -361,6 +338,11 @@ def _normalise(op, logits, temperature, top_k, top_p, min_p):
     return params
 
 
+def _check_option(op: str, check) -> None:
+    if check is not None and not isinstance(check, bool):
+        raise TypeError(f"{op}: `check` must be True, False or None; got {check!r}")
+
+
 def _flat(params: dict) -> list:
     return [v for name in _PARAM_NAMES for v in params[name]]
 
@@ -377,6 +359,7 @@ def sample_logits(
     offset: int | torch.Tensor = 0,
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
+    check: bool | None = None,
     backend: str = "auto",
 ):
     """Sample one token per row after temperature, top-k, top-p and min-p filtering.
@@ -415,6 +398,10 @@ def sample_logits(
         return_logprobs: also return the chosen token's log-probability under
             the filtered distribution (0 for greedy rows). Not differentiable;
             for gradients use ``log_softmax(filter_logits(...))``.
+        check: raise for bad rows (NaN or +inf logits, a row all -inf, an
+            out-of-range per-row parameter). ``None``: on CPU only, since on
+            CUDA the check makes the host wait for the device; unchecked bad
+            rows get token -1 and log-prob NaN.
         backend: ``"auto"``, ``"reference"``, ``"cpp"``, ``"triton"`` or ``"cuda"``.
 
     Returns:
@@ -422,8 +409,9 @@ def sample_logits(
         ``logprobs`` float32 (float64 for float64 logits).
 
     Raises:
-        ValueError: for an out-of-range parameter, NaN or +inf logits, or a row
-        that is all -inf, naming the argument and the row.
+        ValueError: for an out-of-range number parameter; with ``check``, also
+        for an out-of-range per-row value, NaN or +inf logits, or a row that
+        is all -inf, naming the argument and the row.
 
     Example:
         >>> logits = torch.randn(4, 32000)
@@ -439,7 +427,8 @@ def sample_logits(
     if seed is None and (isinstance(offset, torch.Tensor) or offset != 0):
         raise ValueError(f"{SAMPLE}: `offset` is the Philox counter and needs `seed`")
     _validate.boolean(SAMPLE, "return_logprobs", return_logprobs)
-    _validate.choice(SAMPLE, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
+    _check_option(SAMPLE, check)
+    _registry.check_backend(SAMPLE, backend)
     seed_t, seed_n, offset_t, offset_n = None, 0, None, 0
     if uniform is not None:
         if not isinstance(uniform, torch.Tensor):
@@ -468,11 +457,11 @@ def sample_logits(
         uniform = torch.rand(rows, generator=generator, dtype=torch.float64, device=logits.device)
 
     tensors = [t for t in (logits, uniform, seed_t, offset_t, *_flat(params)[::2]) if t is not None]
-    if _backends.use_custom_op(*tensors):
+    if _registry.use_custom_op(*tensors):
         tokens, logprobs = _sample_logits_op(logits, *_flat(params), uniform, seed_t, seed_n, offset_t, offset_n,
-                                             backend)
+                                             backend, check)
     else:
-        tokens, logprobs = _sample(logits, params, uniform, (seed_t, seed_n), (offset_t, offset_n), backend)
+        tokens, logprobs = _sample(logits, params, uniform, (seed_t, seed_n), (offset_t, offset_n), backend, check)
     return (tokens, logprobs) if return_logprobs else tokens
 
 
@@ -483,6 +472,7 @@ def filter_logits(
     top_k: int | torch.Tensor = 0,
     top_p: float | torch.Tensor = 1.0,
     min_p: float | torch.Tensor = 0.0,
+    check: bool | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """The processed logits of :func:`sample_logits`: ``l / T`` on the kept set, ``-inf`` elsewhere.
@@ -492,8 +482,8 @@ def filter_logits(
     first argmax and ``-inf`` elsewhere). Same parameters and checks as
     :func:`sample_logits`; the result has the logits' dtype and shape
     (float16 logits divided by a small temperature can overflow to inf there,
-    as in any float16 computation). Differentiable: the gradient is
-    ``grad / T`` on the kept set and 0 elsewhere.
+    as in any float16 computation); unchecked bad rows (``check``) are NaN.
+    Differentiable: the gradient is ``grad / T`` on the kept set and 0 elsewhere.
 
     Example:
         >>> logits = torch.randn(2, 10)
@@ -502,9 +492,10 @@ def filter_logits(
         tensor([3, 3])
     """
     params = _normalise(FILTER, logits, temperature, top_k, top_p, min_p)
-    _validate.choice(FILTER, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
+    _check_option(FILTER, check)
+    _registry.check_backend(FILTER, backend)
     needs_grad = torch.is_grad_enabled() and logits.requires_grad
     tensors = [t for t in (logits, *_flat(params)[::2]) if t is not None]
-    if needs_grad or _backends.use_custom_op(*tensors):
-        return _filter_logits_op(logits, *_flat(params), backend)
-    return _filter(logits, params, backend)
+    if needs_grad or _registry.use_custom_op(*tensors):
+        return _filter_logits_op(logits, *_flat(params), backend, check)
+    return _filter(logits, params, backend, check)

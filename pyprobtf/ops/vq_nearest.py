@@ -21,101 +21,46 @@ Not differentiable: losses are computed from the codebook rows gathered with
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from pyprobtf import reference
-from pyprobtf.ops import _backends, _native, _validate
+from pyprobtf.ops import _registry, _validate
 from pyprobtf.reference.vq_nearest import needs_overflow_rule
 
 OP = "vq_nearest"
 METRICS = {"l2": 0, "cosine": 1, "dot": 2}
 PRECISIONS = ("exact", "fast")
 
-# Order `auto` tries on each device type, fastest first, as measured by
-# benchmarks/bench_vq.py (benchmarks/results/vq_nearest-*.md). On CUDA only
-# GPU-verified backends are taken (see _backends.GPU_VERIFIED); the Triton
-# kernel (tl.dot on tensor cores) is expected to beat the plain CUDA one.
-_backends.register_op(OP, {"cpu": ("cpp", "reference"), "cuda": ("triton", "cuda", "reference")})
-
-# Instruction-set level of the C++ scan: 0 = the best this CPU supports. Tests
-# force 1 (baseline x86-64), 3 (AVX2) or 4 (AVX-512) with `forced_cpp_isa`.
-_cpp_isa = [0]
-
-
-def cpp_isa_levels() -> tuple[int, ...]:
-    """Instruction-set levels of the C++ scan that run on this CPU."""
-    best = _backends.cpp_module().vq_nearest_best_isa()
-    return tuple(level for level in (1, 3, 4) if level <= best)
-
-
-@contextlib.contextmanager
-def forced_cpp_isa(level: int):
-    """Run the C++ scan at instruction-set ``level`` (one of :func:`cpp_isa_levels`) inside the block."""
-    if level not in cpp_isa_levels():
-        raise ValueError(f"{OP}: instruction-set level {level} does not run here; levels: {cpp_isa_levels()}")
-    previous = _cpp_isa[0]
-    _cpp_isa[0] = level
-    try:
-        yield
-    finally:
-        _cpp_isa[0] = previous
-
-
-# ----------------------------------------------------------------------------- backends
-# Each launcher fills preallocated (N, k) int64 indices and float32 distances.
-
-
-def _forward_cpp(x, codebook, indices, dist, metric, precision):
-    _backends.cpp_module().vq_nearest(
-        _native.mat(x), _native.mat(codebook), indices.data_ptr(), dist.data_ptr(),
-        x.shape[0], codebook.shape[0], x.shape[1], indices.shape[1], _native.DTYPE_CODES[x.dtype],
-        METRICS[metric], _cpp_isa[0], _native.num_threads(),
-    )
-
-
-def _forward_cuda(x, codebook, indices, dist, metric, precision):
-    module = _backends.cuda_module()
-    n, codes, dim, k = x.shape[0], codebook.shape[0], x.shape[1], indices.shape[1]
-    nbytes = module.vq_nearest_workspace_bytes(n, codes, dim, k)
-    workspace = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
-    module.vq_nearest(
-        _native.mat(x), _native.mat(codebook), indices.data_ptr(), dist.data_ptr(), n, codes, dim, k,
-        _native.DTYPE_CODES[x.dtype], METRICS[metric], workspace.data_ptr(), _native.cuda_stream(x),
-    )
-
-
-def _forward_triton(x, codebook, indices, dist, metric, precision):
-    _backends.triton_kernels().vq_nearest.forward(x, codebook, indices, dist, METRICS[metric], precision == "fast")
-
-
-_FORWARD = {"cpp": _forward_cpp, "cuda": _forward_cuda, "triton": _forward_triton}
+# `auto` order: fastest first, as measured by benchmarks/bench_vq.py
+# (benchmarks/results/vq_nearest-*.md); on CUDA the Triton kernel (tl.dot on
+# tensor cores) is expected to beat the plain CUDA one.
+_registry.define(OP, auto={"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}, benchmark="bench_vq")
+_registry.register_kernel(OP, "reference")(reference.vq_nearest)
 
 
 def _overflow_rule_applies(x, codebook) -> bool:
     """Whether this call is answered by the reference's overflow rule on every backend.
 
-    Not checked while a CUDA graph is captured (no value may be read back there):
-    captured calls on such inputs follow the backend's own float64 arithmetic.
+    Checked on CPU only: on a GPU the check would make the host wait for the
+    device, so there inputs with NaN, inf or overflowing products follow the
+    kernel's own float64 arithmetic.
     """
-    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return False
-    return needs_overflow_rule(x, codebook)
+    return x.device.type == "cpu" and needs_overflow_rule(x, codebook)
 
 
 def _forward(x, codebook, metric: str, k: int, precision: str, backend: str):
-    name = _backends.resolve(OP, backend, x.device.type)
+    name = _registry.resolve(OP, backend, x.device.type)
     if name != "reference" and _overflow_rule_applies(x, codebook):
         name = "reference"  # NaN, inf or overflow: one order-free rule for every backend
-    if name == "reference":
-        indices, dist = reference.vq_nearest(x, codebook, metric, k)
+    kernel = _registry.kernel(OP, name)
+    if name in _registry.FUNCTIONAL:
+        indices, dist = kernel(x, codebook, metric, k)
         return indices.contiguous(), dist.contiguous()
     n = x.shape[0]
     indices = torch.empty(n, k, dtype=torch.int64, device=x.device)
     dist = torch.empty(n, k, dtype=torch.float32, device=x.device)
     if n > 0:
-        _FORWARD[name](x, codebook, indices, dist, metric, precision)
+        kernel(x, codebook, indices, dist, METRICS[metric], precision == "fast")
     if k == 1:
         return indices.view(n), dist.view(n)
     return indices, dist
@@ -204,8 +149,8 @@ def vq_nearest(
     _validate.choice(OP, "metric", metric, tuple(METRICS))
     k = _validate.integer(OP, "k", k, 1, codebook.shape[0])
     _validate.choice(OP, "precision", precision, PRECISIONS)
-    _validate.choice(OP, "backend", backend, ("auto",) + _backends.BACKEND_NAMES)
+    _registry.check_backend(OP, backend)
     x, codebook = x.detach(), codebook.detach()
-    if _backends.use_custom_op(x, codebook):
+    if _registry.use_custom_op(x, codebook):
         return _vq_nearest_op(x, codebook, metric, k, precision, backend)
     return _forward(x, codebook, metric, k, precision, backend)

@@ -5,8 +5,10 @@ hypothesis-drawn cases) and ``pyprobtf check`` (which feeds them a fixed set
 of cases on every backend and device of the machine it runs on: a quick way
 to verify an installation, GPU included).
 
-Each op registers a function ``cases(backend, device, dtype) -> iterator of
-callables``; each callable raises ``AssertionError`` when its case is wrong.
+Each op registers a function ``cases(backend, device, dtype, small=False) ->
+iterator of callables``; each callable raises ``AssertionError`` when its case
+is wrong. ``small`` keeps the small shapes only: the self-check a GPU kernel
+passes before ``backend="auto"`` uses it (:mod:`pyprobtf.ops._selfcheck`).
 """
 
 from __future__ import annotations
@@ -148,8 +150,8 @@ def check_affine_coupling_backward(backend, device, dtype, shape, layouts, scale
 
 
 @register("affine_coupling")
-def _affine_coupling_cases(backend, device, dtype):
-    small = backend == "triton" and device == "cpu"  # the interpreter is slow
+def _affine_coupling_cases(backend, device, dtype, small=False):
+    small = small or (backend == "triton" and device == "cpu")  # the interpreter is slow
     shapes = [(5, 7), (1, 1), (0, 3), (3, 2, 5)] + ([] if small else [(17, 300), (2, 5000)])
     layouts = [("contiguous",) * 3, ("sliced", "transposed", "offset")]
     seed = 0
@@ -241,8 +243,8 @@ def check_lincomb(backend, device, dtype, shape, n, layouts, coeff_tensors, nois
 
 
 @register("lincomb")
-def _lincomb_cases(backend, device, dtype):
-    small = backend == "triton" and device == "cpu"  # the interpreter is slow
+def _lincomb_cases(backend, device, dtype, small=False):
+    small = small or (backend == "triton" and device == "cpu")  # the interpreter is slow
     shapes = [(5, 7), (1, 1), (0, 3), (3, 2, 5), (40, 1)] + ([] if small else [(17, 300), (2, 5000)])
     layouts = [("contiguous",) * 4, ("sliced", "transposed", "offset", "contiguous")]
     seed = 0
@@ -336,8 +338,8 @@ def check_vq_nearest(backend, device, dtype, n, codes, dim, k, metric, x_layout,
 
 
 @register("vq_nearest")
-def _vq_nearest_cases(backend, device, dtype):
-    small = backend == "triton" and device == "cpu"  # the interpreter is slow
+def _vq_nearest_cases(backend, device, dtype, small=False):
+    small = small or (backend == "triton" and device == "cpu")  # the interpreter is slow
     shapes = [(0, 5, 3), (1, 1, 1), (7, 5, 0), (9, 40, 7)] + ([] if small else [(300, 301, 64), (40, 1000, 130)])
     layouts = [("contiguous", "contiguous"), ("sliced", "transposed")]
     precisions = ("exact", "fast") if backend == "triton" else ("exact",)

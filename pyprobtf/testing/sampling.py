@@ -242,9 +242,9 @@ def check_tail(backend, device):
 # ----------------------------------------------------------------------------- pyprobtf check
 
 
-def cases(backend, device, dtype):
+def cases(backend, device, dtype, small=False):
     """Fixed cases for ``pyprobtf check``: shapes, layouts, parameter sets, ties and the 53-bit tail."""
-    small = backend == "triton" and device == "cpu"  # the interpreter is slow
+    small = small or (backend == "triton" and device == "cpu")  # the interpreter is slow
     shapes = [(3, 7), (1, 1), (0, 5), (4, 300)] + ([] if small else [(2, 5000), (1, 40000)])
     param_sets = [(1.0, 0, 1.0, 0.0), (0.7, 50, 0.9, 0.0), (1.3, 0, 0.8, 0.05), (0.0, 0, 1.0, 0.0),
                   (torch.tensor([0.0, 0.5, 1.0, 2.0]), torch.tensor([0, 1, 5, 40]), 1.0, 0.02)]
