@@ -112,11 +112,14 @@ def cmd_zoo(args) -> int:
 
 def cmd_check(args) -> int:
     import pyprobtf
+    from pyprobtf.ops import _registry
     from pyprobtf.testing import ops as selfcheck
 
-    unknown = [op for op in args.ops if op not in selfcheck.REGISTRY]
+    unknown = [op for op in args.ops if op not in _registry.OPS]
     if unknown:
-        raise UsageError(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(sorted(selfcheck.REGISTRY))}")
+        raise UsageError(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(sorted(_registry.OPS))}")
+    # Ops that share their cases (sample_logits and filter_logits) are checked once.
+    case_sets = sorted({_registry.OPS[op].checks for op in (args.ops or _registry.OPS)})
     devices = _device_list(args.device)
     print(f"pyprobtf {pyprobtf.__version__}: checking every backend against the reference")
     for name, status in pyprobtf.ops.available_backends().items():
@@ -132,10 +135,32 @@ def cmd_check(args) -> int:
     import torch
 
     dtypes = [getattr(torch, d) for d in args.dtype] if args.dtype else selfcheck.DTYPES
-    results = selfcheck.run_checks(args.ops or None, devices, dtypes, progress=show)
+    results = selfcheck.run_checks(case_sets, devices, dtypes, progress=show)
     failed = [r for r in results if not r.passed]
     print(f"\n{len(results) - len(failed)} of {len(results)} checks passed" + (f", {len(failed)} FAILED" if failed else ""))
+    if "cuda" in devices:
+        _show_gpu_verdicts(args.ops or sorted(_registry.OPS))
     return 1 if failed else 0
+
+
+def _show_gpu_verdicts(ops) -> None:
+    """What ``backend="auto"`` uses on this GPU: each GPU kernel's self-check verdict (cached on disk)."""
+    import torch
+
+    from pyprobtf.ops import _backends, _registry, _selfcheck
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    print(f"\nself-check verdicts on {torch.cuda.get_device_name(device)} (cache: {_selfcheck.cache_path()}):")
+    for name in ops:
+        op = _registry.OPS[name]
+        for backend in _backends.GPU_BACKENDS:
+            if "cuda" not in _backends.available_backends()[backend].devices:
+                continue
+            verdict = _selfcheck.verdict(op, backend, device)
+            text = "self-checks off" if verdict is None else \
+                ("passed" if verdict["passed"] else f"FAILED: {verdict['error']}")
+            print(f"  {name:18s} {backend:7s} {text}")
+        print(f"  {name:18s} auto -> {_registry.resolve(name, 'auto', 'cuda')}")
 
 
 # ----------------------------------------------------------------------------- bench
@@ -165,8 +190,12 @@ def cmd_bench(args) -> int:
         raise UsageError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(modules)}")
     (device,) = _device_list(args.device)
     out = _writable_dir(Path(args.out)) if args.out else None
-    # By default the op benchmarks; the family benchmarks train models for minutes: run them by name.
-    for name in args.names or [n for n in modules if not n.endswith("families")]:
+    # By default the op benchmarks (those the registered ops name); the others train models
+    # or time whole libraries for minutes: run them by name.
+    from pyprobtf.ops import _registry
+
+    op_benchmarks = sorted({op.benchmark.removeprefix("bench_") for op in _registry.OPS.values()})
+    for name in args.names or op_benchmarks:
         print(f"\n=== {name} ({device}) ===", flush=True)
         argv = ["--device", device] + (["--quick"] if args.quick else []) + (["--out", str(out)] if out else [])
         start = time.perf_counter()

@@ -115,7 +115,7 @@ def test_naming_an_unverified_gpu_backend_runs_it_with_a_warning(fake_gpu):
 
 
 def test_unknown_and_unavailable_backends_raise():
-    with pytest.raises(ValueError, match="`backend` must be 'auto' or one of"):
+    with pytest.raises(ValueError, match="`backend` must be one of"):
         _registry.resolve("affine_coupling", "fortran", "cpu")
     with pytest.raises(BackendUnavailableError, match="'cpp' cannot run on meta tensors"):
         _registry.resolve("affine_coupling", "cpp", "meta")

@@ -82,7 +82,7 @@ def kernel(entry: str, backend: str) -> Callable:
 
 def _check_backend(op: str, backend) -> None:
     if backend != "auto" and backend not in BACKEND_NAMES:
-        raise ValueError(f"{op}: `backend` must be 'auto' or one of {BACKEND_NAMES}; got {backend!r}")
+        raise ValueError(f"{op}: `backend` must be one of {('auto',) + BACKEND_NAMES}; got {backend!r}")
 
 
 def check_backend(op: str, backend) -> str:
@@ -123,6 +123,8 @@ def _resolve(op: str, backend: str, device_type: str, device_index: int) -> str:
                 continue
             return name
         return "reference"
+    if backend not in OPS[op].backends():
+        raise _backends.BackendUnavailableError(f"{op}: backend {backend!r} has no kernel for this op")
     if backend in FUNCTIONAL:
         return backend
     status = statuses[backend]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from pyprobtf import reference
-from pyprobtf.ops import affine_coupling, available_backends
+from pyprobtf.ops import _registry, affine_coupling, available_backends
 from pyprobtf.reference.affine_coupling import SCALE_FNS, dlog_multiplier, log_multiplier
 from pyprobtf.testing.checks import assert_close, tolerance
 from pyprobtf.testing.strategies import make_tensor
@@ -69,7 +69,7 @@ def run_checks(
             raise ValueError(f"unknown op {op!r}; choose from {sorted(REGISTRY)}")
         for device in devices:
             for backend, status in statuses.items():
-                if device not in status.devices:
+                if device not in status.devices or backend not in _registry.OPS[op].backends():
                     continue
                 for dtype in dtypes:
                     if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
