@@ -53,6 +53,8 @@ PYBIND11_MODULE(_C_cuda, m) {
     return cc;
   });
 
+  m.def("driver_version", &ptf::cuda_driver_version, "The driver's CUDA version (12080 for 12.8), 0 without a driver.");
+
   m.def("affine_coupling_workspace_bytes", &ptf::affine_coupling_workspace_bytes);
 
   m.def(

@@ -6,7 +6,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-import pyprobtf  # noqa: F401  (chooses Triton's interpreter on GPU-less machines before triton loads)
+# Without a GPU, Triton's kernels run only in its interpreter, chosen before triton is first imported
+# (torch.compile imports it too): the whole test process uses it, as the triton-marked run does.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pyprobtf  # noqa: E402,F401
 
 settings.register_profile(
     "pyprobtf",

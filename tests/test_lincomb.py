@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyprobtf import reference
-from pyprobtf.ops import BackendUnavailableError, _backends, available_backends, lincomb
+from pyprobtf.ops import BackendUnavailableError, _backends, _registry, available_backends, lincomb
 from pyprobtf.ops._backends import triton_interpreting
 from pyprobtf.reference import philox
 from pyprobtf.reference.lincomb import noise as reference_noise

@@ -26,4 +26,13 @@ int cuda_device_capability(int device, std::string* error) {
   return prop.major * 10 + prop.minor;
 }
 
+int cuda_driver_version() {
+  int version = 0;
+  if (cudaDriverGetVersion(&version) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return version;
+}
+
 }  // namespace ptf

@@ -138,8 +138,6 @@ def verdict(op, backend: str, device: torch.device) -> dict | None:
 
 def passed(op, backend: str, device: torch.device) -> bool:
     """Whether ``auto`` may use ``backend`` for ``op`` on ``device``; warns once when a kernel failed."""
-    if _backends.is_gpu_verified(op.name, backend) and not enabled():
-        return True
     result = verdict(op, backend, device)
     if result is None:
         return _backends.is_gpu_verified(op.name, backend)

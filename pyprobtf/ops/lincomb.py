@@ -318,6 +318,8 @@ def _per_row(name: str, value, batch: int, ref: torch.Tensor, *, dtypes, kind: s
 
 
 def _number_or_rows(name: str, value, batch: int, ref: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    if type(value) is float:  # the common case first: a solver's step coefficients (checks cost per call)
+        return value, None
     if isinstance(value, torch.Tensor):
         return 0.0, _per_row(name, value, batch, ref, dtypes=_validate.FLOAT_DTYPES, kind="a floating-point")
     if not _is_real_number(value):
@@ -349,7 +351,7 @@ def _has_internal_overlap(t: torch.Tensor) -> bool:
 
 def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
     """Validate the public arguments; return the custom op's argument list."""
-    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
+    if type(tensors) not in (list, tuple) and (isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence)):
         raise TypeError(f"{OP}: `tensors` must be a list or tuple of 1 to {MAX_INPUTS} tensors; "
                         f"got {type(tensors).__name__}")
     if not 1 <= len(tensors) <= MAX_INPUTS:
@@ -358,7 +360,7 @@ def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
     first = _validate.tensor(OP, "tensors[0]", tensors[0], min_dim=1)
     for k in range(1, len(tensors)):
         _validate.same_as(OP, f"tensors[{k}]", tensors[k], "tensors[0]", first)
-    if isinstance(coeffs, torch.Tensor) or not isinstance(coeffs, Sequence):
+    if type(coeffs) not in (list, tuple) and (isinstance(coeffs, torch.Tensor) or not isinstance(coeffs, Sequence)):
         raise TypeError(f"{OP}: `coeffs` must be a list or tuple with one coefficient per tensor; "
                         f"got {type(coeffs).__name__}")
     if len(coeffs) != len(tensors):
