@@ -3,8 +3,8 @@
 Shipped inside the wheel as ``pyprobtf.kernels`` (from the top-level kernels/
 folder). Launch functions take preallocated torch tensors and fill them; all
 argument checking happens earlier, in ``pyprobtf.ops``. On CPU tensors the
-kernels run only under Triton's interpreter (TRITON_INTERPRET=1 set before
-triton is imported).
+kernels run only under Triton's interpreter, which pyprobtf chooses for them
+on a machine without CUDA (``pyprobtf.ops._backends.triton_interpreter``).
 """
 
 from pyprobtf.kernels import affine_coupling
