@@ -78,7 +78,9 @@ def _dlog_multiplier(a: torch.Tensor, s: torch.Tensor, scale_fn: str, clamp: flo
 
 
 def _row_sum(s: torch.Tensor) -> torch.Tensor:
-    return s.reshape(s.shape[0], -1).sum(dim=1) if s.dim() > 1 else s.clone()
+    if s.dim() == 1:  # no event dims: ladj = s
+        return s.clone()
+    return s.reshape(s.shape[0], math.prod(s.shape[1:])).sum(dim=1)
 
 
 def affine_coupling(
@@ -101,12 +103,14 @@ def affine_coupling(
     """
     compute = _compute_dtype(x.dtype)
     s = _log_multiplier(scale.to(compute), scale_fn, clamp)
+    # y is written once, contiguous and in x's dtype (the products are formed in the compute dtype).
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if inverse:
-        y = (x.to(compute) - shift).mul_(torch.exp(-s))
+        torch.mul(x.to(compute) - shift, torch.exp(-s), out=y)
     else:
-        y = torch.addcmul(shift.to(compute), x, torch.exp(s))
+        torch.addcmul(shift.to(compute), x, torch.exp(s), out=y)
     ladj = _row_sum(s)
-    return y.to(x.dtype), (ladj.neg_() if inverse else ladj)
+    return y, (ladj.neg_() if inverse else ladj)
 
 
 def affine_coupling_backward(
@@ -210,11 +214,11 @@ def lincomb(
     def add_term(out, c, t):
         if isinstance(c, torch.Tensor):
             c = c.to(compute).reshape(row_shape)
-            if out is None:
-                return c * t.to(compute) if t.dtype != compute else c * t
+            if out is None:  # the first term allocates the result, contiguous
+                return torch.mul(c, t, out=torch.empty(first.shape, dtype=compute, device=first.device))
             return out.addcmul_(c, t.to(compute) if t.dtype != compute else t)
         if out is None:
-            return torch.mul(t, c).to(compute) if t.dtype == compute else t.to(compute).mul_(c)
+            return torch.mul(t.to(compute), c, out=torch.empty(first.shape, dtype=compute, device=first.device))
         return out.add_(t, alpha=c)
 
     out = None
@@ -359,7 +363,7 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min
         processed = torch.where(greedy.unsqueeze(1), 0.0, processed)
     if keep is not None:
         processed = torch.where(keep, processed, float("-inf"))
-    return processed.to(logits.dtype)
+    return processed.to(logits.dtype).contiguous()
 
 
 def sample_logits(
