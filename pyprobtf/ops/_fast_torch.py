@@ -258,6 +258,11 @@ def _round_to(value: float, dtype: torch.dtype) -> float:
         return math.inf
 
 
+def _all_greedy(temperature, dtype: torch.dtype) -> bool:
+    """Whether a Python temperature rounds to 0 in ``dtype`` (every row greedy), known without the device."""
+    return not isinstance(temperature, torch.Tensor) and _round_to(temperature, dtype) == 0
+
+
 def _row_param(value, rows: int, dtype: torch.dtype, device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype).reshape(rows)
@@ -277,10 +282,8 @@ def _kept(logits, temperature, top_k, top_p, min_p):
 
     # T rounded to C, as a (B, 1) tensor: the reference divides by a tensor too (same rounding).
     t = _row_param(temperature, rows, C, device).reshape(rows, 1)
-    if isinstance(temperature, torch.Tensor):
-        greedy = (t == 0).reshape(rows)
-    else:
-        greedy = t.new_ones((rows,), dtype=torch.bool) if _round_to(temperature, C) == 0 else None
+    # (an all-greedy Python temperature never comes here: the callers answer it with an argmax)
+    greedy = (t == 0).reshape(rows) if isinstance(temperature, torch.Tensor) else None
     divisor = t if greedy is None else torch.where(t == 0, 1.0, t)
     scaled = (x - m).div_(divisor)
     e = torch.exp(scaled)
@@ -356,6 +359,9 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min
     """
     rows = logits.shape[0]
     C = _compute_dtype(logits.dtype)
+    if _all_greedy(temperature, C):
+        filtered = torch.full(logits.shape, float("-inf"), dtype=logits.dtype, device=logits.device)
+        return filtered.scatter_(1, logits.argmax(dim=1, keepdim=True), 0.0)
     keep, _, _, greedy = _kept(logits, temperature, top_k, top_p, min_p)
     t = _row_param(temperature, rows, C, logits.device).reshape(rows, 1)
     processed = logits.to(C) / (t if greedy is None else torch.where(t == 0, 1.0, t))
@@ -385,6 +391,8 @@ def sample_logits(
     """
     rows, cols = logits.shape
     C = _compute_dtype(logits.dtype)
+    if _all_greedy(temperature, C):  # the first argmax (exact in the logits' own dtype), log-probability 0
+        return logits.argmax(dim=1), torch.zeros(rows, dtype=C, device=logits.device)
     keep, scaled, e, greedy = _kept(logits, temperature, top_k, top_p, min_p)
     mass = e if keep is None else torch.where(keep, e, 0.0)
     cum = torch.cumsum(mass, dim=1, dtype=torch.float64)
@@ -422,11 +430,15 @@ def sample_logits(
 #   of the c candidates: within twice the window of the float64 optimum, the
 #   exact answer whenever its float64 gap is larger than that.
 
-_BLOCK_ELEMENTS = 1 << 22  # float32 scores per block (16 MiB), float64 candidate values per block
+# Scores per block of rows (and float64 candidate values): 16 MiB of float32 on a CPU, 64 MiB on a GPU,
+# so memory stays O(N k + K) whatever N while a GPU gets few, large launches.
+_BLOCK_ELEMENTS = {"cpu": 1 << 22}
+_BLOCK_ELEMENTS_DEFAULT = 1 << 24
 
 
 def _candidate_count(k: int, codes: int) -> int:
-    return min(codes, max(32, 2 * k + 16))
+    """Candidates kept per row: as the Triton kernel, at least 8 and a power of two >= 2k."""
+    return min(codes, max(8, 1 << max(0, (2 * k - 1).bit_length())))
 
 
 def _exact_capacity(n: int) -> int:
@@ -514,7 +526,8 @@ def _vq_fill(x, codebook, metric, k, indices, dist):
 
     c = _candidate_count(k, codes)
     per_row = max(codes, c * max(dim, 1))
-    block = max(1, min(n, _BLOCK_ELEMENTS // per_row))
+    block_elements = _BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS_DEFAULT)
+    block = max(1, min(n, block_elements // per_row))
     flagged = torch.empty(n, dtype=torch.bool, device=device)
     scan_t = scan_codes.T
     for start in range(0, n, block):
@@ -556,7 +569,7 @@ def _vq_fill(x, codebook, metric, k, indices, dist):
     capacity = _exact_capacity(n)
     rows = torch.sort(flagged.logical_not().to(torch.uint8), stable=True).indices[:capacity]
     redo = flagged[rows]
-    exact_block = max(1, min(capacity, _BLOCK_ELEMENTS // codes))
+    exact_block = max(1, min(capacity, block_elements // (2 * codes)))  # float64 distances
     for start in range(0, capacity, exact_block):
         r = rows[start : start + exact_block]
         d = vq_distances(x[r], codebook, metric, overflow_rule=False)
