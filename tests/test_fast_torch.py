@@ -387,3 +387,13 @@ def test_no_host_synchronisation():
                 fast.vq_nearest(points, codebook, metric, k)
                 fast.vq_nearest(points.double(), codebook.double(), metric, k)
     assert calls == [], calls
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_vq_nearest_zero_dimensions(metric):
+    """D = 0: every code ties, for any number of rows (beyond the exact pass's capacity too)."""
+    x, codebook = torch.zeros(500, 0), torch.zeros(30, 0)
+    for k in (1, 4):
+        want = reference.vq_nearest(x, codebook, metric, k)
+        got = fast.vq_nearest(x, codebook, metric, k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

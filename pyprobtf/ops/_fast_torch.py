@@ -152,18 +152,31 @@ def affine_coupling_backward(
 
 
 def _philox_two_words(k0, k1, counter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first two words of philox4x32_10 (int64 tensors holding uint32), keys ints or int64 tensors."""
+    """The first two words of philox4x32_10 (int64 tensors holding uint32) for counters of the output's shape.
+
+    Keys are ints or int64 tensors that broadcast against ``counter``. Every step
+    after the first writes in place: four live state tensors, no allocation per op.
+    """
     c0 = counter & _MASK32
-    c1 = (counter >> 32) & _MASK32
-    # Round 1 with c2 = c3 = 0: umulhi(B, 0) = mullo(B, 0) = 0.
-    p = c0 * _ROUND_A
-    c0, c1, c2, c3 = c1 ^ k0, torch.zeros_like(c0), ((p >> 32) & _MASK32) ^ k1, p & _MASK32
+    c1 = (counter >> 32).bitwise_and_(_MASK32)
+    # Round 1 with c2 = c3 = 0: umulhi(B, 0) = mullo(B, 0) = 0, so c1 becomes 0.
+    p = c0.mul_(_ROUND_A)
+    c2 = (p >> 32).bitwise_and_(_MASK32).bitwise_xor_(k1)
+    c3 = p.bitwise_and_(_MASK32)
+    c0 = c1.bitwise_xor_(k0)
+    c1 = None  # zero
     for _ in range(9):
         k0 = (k0 + _KEY_A) & _MASK32
         k1 = (k1 + _KEY_B) & _MASK32
-        pa = c0 * _ROUND_A
-        pb = c2 * _ROUND_B
-        c0, c1, c2, c3 = ((pb >> 32) & _MASK32) ^ c1 ^ k0, pb & _MASK32, ((pa >> 32) & _MASK32) ^ c3 ^ k1, pa & _MASK32
+        pa = c0.mul_(_ROUND_A)  # the old c0 and c2 are used only here
+        pb = c2.mul_(_ROUND_B)
+        c0 = (pb >> 32).bitwise_and_(_MASK32)
+        if c1 is not None:
+            c0.bitwise_xor_(c1)
+        c0.bitwise_xor_(k0)
+        c2 = (pa >> 32).bitwise_and_(_MASK32).bitwise_xor_(c3).bitwise_xor_(k1)
+        c1 = pb.bitwise_and_(_MASK32)
+        c3 = pa.bitwise_and_(_MASK32)
     return c0, c1
 
 
@@ -181,7 +194,7 @@ def _noise(shape, seed, offset: int, device) -> torch.Tensor:
     if isinstance(seed, torch.Tensor):
         counter = torch.arange(per_row, dtype=torch.int64, device=device).add_(signed_int64(offset))
         keys = seed.to(device=device, dtype=torch.int64).reshape(rows, 1)
-        w0, w1 = _philox_two_words(keys & _MASK32, (keys >> 32) & _MASK32, counter[None, :])
+        w0, w1 = _philox_two_words(keys & _MASK32, (keys >> 32) & _MASK32, counter.expand(rows, per_row))
     else:
         counter = torch.arange(rows * per_row, dtype=torch.int64, device=device).add_(signed_int64(offset))
         key = signed_int64(seed) % 2**64
@@ -484,7 +497,10 @@ def vq_nearest(
     device = x.device
     indices = torch.empty(n, k, dtype=torch.int64, device=device)
     dist = torch.empty(n, k, dtype=torch.float32, device=device)
-    if n > 0 and codes > 0:
+    if n > 0 and codes > 0 and dim == 0:  # every code at the same distance: the first k, in order
+        indices.copy_(torch.arange(k, device=device).expand(n, k))
+        dist.copy_(vq_distances(x, codebook[:1], metric, overflow_rule=False).to(torch.float32).expand(n, k))
+    elif n > 0 and codes > 0:
         _vq_fill(x, codebook, metric, k, indices, dist)
     if k == 1:
         return indices[:, 0], dist[:, 0]
