@@ -455,8 +455,16 @@ def _candidate_count(k: int, codes: int) -> int:
 
 
 def _exact_capacity(n: int) -> int:
-    """Rows per call the exact float64 fallback can take without reading anything back."""
-    return min(n, 64 + n // 64)
+    """Rows per call the exact float64 fallback can take without reading anything back.
+
+    The pass runs on that many rows in every call (whether any needs it is not
+    known on the host), so it is small: a float64 scan of 16 + N/1024 rows
+    costs about 0.1% of the float32 scan of N rows at equal speed (several
+    percent on GPUs with slow float64). Rows need it only when more than the
+    kept candidates lie within about D 2^-22 (relative) of the k-th best: a
+    codebook with many (near-)duplicate codes.
+    """
+    return min(n, 16 + n // 1024)
 
 
 def _matmul_rounding() -> float:
