@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pyprobtf.reference.affine_coupling import SIGMOID_EPS
 from pyprobtf.reference.philox import _KEY_A, _KEY_B, _MASK32, _ROUND_A, _ROUND_B
 from pyprobtf.reference.vq_nearest import COSINE_EPS, METRICS, vq_distances
+from pyprobtf.ops._registry import register_kernel
 from pyprobtf.seeds import signed_int64
 
 __all__ = ["affine_coupling", "affine_coupling_backward", "filter_logits", "lincomb", "sample_logits", "vq_nearest"]
@@ -83,6 +84,7 @@ def _row_sum(s: torch.Tensor) -> torch.Tensor:
     return s.reshape(s.shape[0], math.prod(s.shape[1:])).sum(dim=1)
 
 
+@register_kernel("affine_coupling", "torch")
 def affine_coupling(
     x: torch.Tensor,
     shift: torch.Tensor,
@@ -113,6 +115,7 @@ def affine_coupling(
     return y, (ladj.neg_() if inverse else ladj)
 
 
+@register_kernel("affine_coupling_backward", "torch")
 def affine_coupling_backward(
     grad_y: torch.Tensor,
     grad_ladj: torch.Tensor,
@@ -204,6 +207,7 @@ def _noise(shape, seed, offset: int, device) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u0)).mul_(torch.cos(theta)).reshape(shape)
 
 
+@register_kernel("lincomb", "torch")
 def lincomb(
     tensors: Sequence[torch.Tensor],
     coeffs: Sequence[float | torch.Tensor],
@@ -364,6 +368,7 @@ def _kept(logits, temperature, top_k, top_p, min_p):
     return keep, scaled, e, greedy
 
 
+@register_kernel("filter_logits", "torch")
 def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> torch.Tensor:
     """``l / T`` on the kept set and ``-inf`` elsewhere, as :func:`pyprobtf.reference.filter_logits`.
 
@@ -385,6 +390,7 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min
     return processed.to(logits.dtype).contiguous()
 
 
+@register_kernel("sample_logits", "torch")
 def sample_logits(
     logits: torch.Tensor,
     uniform: torch.Tensor,
@@ -484,6 +490,7 @@ def _select_k(dist: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tens
     return idx.gather(1, order), dist.gather(1, order)
 
 
+@register_kernel("vq_nearest", "torch")
 def vq_nearest(
     x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", k: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -231,8 +231,9 @@ def _sample(logits, params, uniform, seed, offset, backend, check=None):
             uniform = reference.sampling.seeded_uniforms(rows, _ref_value(seed), _ref_value(offset), logits.device)
         status = _reference_status(logits, params, uniform)
         _check_status(SAMPLE, status, params | {"uniform": (uniform, 0)}, check)
-        tokens, logprobs = kernel(logits, uniform, *(_ref_value(params[k]) for k in _PARAM_NAMES))
         bad = status != OK
+        logits, params, uniform = _neutral_rows(bad, logits, params, uniform)
+        tokens, logprobs = kernel(logits, uniform, *(_ref_value(params[k]) for k in _PARAM_NAMES))
         return torch.where(bad, -1, tokens), torch.where(bad, math.nan, logprobs)
     tokens = torch.empty(rows, dtype=torch.int64, device=logits.device)
     logprobs = torch.empty(rows, dtype=compute_dtype(logits.dtype), device=logits.device)
@@ -243,14 +244,30 @@ def _sample(logits, params, uniform, seed, offset, backend, check=None):
     return tokens, logprobs
 
 
+_NEUTRAL = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+
+def _neutral_rows(bad, logits, params, uniform):
+    """Bad rows replaced by harmless ones (zero logits, neutral parameters), without reading ``bad`` back:
+    the functional kernels then compute every row, and the bad rows' results are masked afterwards."""
+    logits = torch.where(bad[:, None], torch.zeros((), dtype=logits.dtype, device=logits.device), logits)
+    params = {name: (None if t is None else torch.where(bad, torch.tensor(_NEUTRAL[name], dtype=t.dtype), t), n)
+              for name, (t, n) in params.items()}
+    if uniform is not None:
+        uniform = torch.where(bad, 0.0, uniform)
+    return logits, params, uniform
+
+
 def _filter(logits, params, backend, check=None):
     name = _registry.resolve(FILTER, backend, logits.device.type)
     kernel = _registry.kernel(FILTER, name)
     if name in _registry.FUNCTIONAL:
         status = _reference_status(logits, params, None)
         _check_status(FILTER, status, params, check)
-        filtered = kernel(logits, *(_ref_value(params[k]) for k in _PARAM_NAMES))
-        return torch.where((status != OK)[:, None], math.nan, filtered).to(logits.dtype).contiguous()
+        bad = status != OK
+        safe_logits, params, _ = _neutral_rows(bad, logits, params, None)
+        filtered = kernel(safe_logits, *(_ref_value(params[k]) for k in _PARAM_NAMES))
+        return torch.where(bad[:, None], math.nan, filtered).to(logits.dtype).contiguous()
     rows, cols = logits.shape
     filtered = torch.empty(rows, cols, dtype=logits.dtype, device=logits.device)
     status = torch.empty(rows, dtype=torch.int32, device=logits.device)
