@@ -96,7 +96,7 @@ def choice(where: str, name: str, value, choices: Sequence):
 def boolean(where: str, name: str, value) -> bool:
     """True or False (not 0 or 1, not a numpy bool)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{where}: `{name}` must be True or False; got {value!r}")
+        raise TypeError(f"{where}: `{name}` must be True or False; got {value!r} ({type(value).__name__})")
     return value
 
 
