@@ -439,7 +439,7 @@ def _check_labels(where: str, context, batch: int, num_classes: int, like) -> to
     if context is None:
         raise ValueError(f"{where}: `context` (class labels in [0, {num_classes})) is required: the model was "
                          f"built with num_classes={num_classes}")
-    if isinstance(context, numbers.Integral) and not isinstance(context, bool):
+    if _checks.is_integer(context):
         context = torch.tensor(int(context))
     if not isinstance(context, torch.Tensor) or context.is_floating_point() or context.is_complex() \
             or context.dtype == torch.bool:
