@@ -28,7 +28,8 @@ from torch.distributions import Distribution
 
 from pyprobtf import _checks
 from pyprobtf.families._nets import MLP, check_activation, check_hidden
-from pyprobtf.transform import ProbabilityTransform, Trajectory, check_net_output, resolve_event_shape
+from pyprobtf.transform import (ProbabilityTransform, Trajectory, check_net_output, check_sample,
+                                resolve_event_shape)
 
 
 def event_shape_of(owner: str, dim, event_shape) -> tuple[int, ...]:
@@ -230,18 +231,7 @@ class LatentFamily(ProbabilityTransform):
 
     def check_z(self, z, method: str) -> torch.Tensor:
         """``z`` as a ``(B, *latent_shape)`` floating tensor; a clear error otherwise."""
-        where = self._name(method)
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"{where}: `z` must be a torch.Tensor; got {type(z).__name__}")
-        if not z.is_floating_point():
-            raise TypeError(f"{where}: `z` must be a floating-point tensor; got {z.dtype}")
-        if z.dim() != 1 + len(self.latent_shape) or tuple(z.shape[1:]) != self.latent_shape:
-            if len(self.latent_shape) == 1:
-                raise ValueError(f"{where}: `z` must have shape (batch, {self.latent_dim}) for latent_dim="
-                                 f"{self.latent_dim}; got {tuple(z.shape)}")
-            raise ValueError(f"{where}: `z` must have shape (batch, {', '.join(map(str, self.latent_shape))}) for "
-                             f"latent_shape={self.latent_shape}; got {tuple(z.shape)}")
-        return z
+        return check_sample(self._name(method), "z", z, self.latent_shape, "latent_shape")
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder or generator in the standardised data space (subclasses implement it)."""
