@@ -141,20 +141,22 @@ def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
 
 
 def real(where: str, name: str, value, low: float = -math.inf, high: float = math.inf, *,
-         low_open: bool = False, high_open: bool = False) -> float:
-    """A finite real number in the interval from ``low`` to ``high`` (``low_open``/``high_open``: without
-    that end), as a float.
+         low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
+    """A real number in the interval from ``low`` to ``high`` (``low_open``/``high_open``: without that end),
+    as a float; finite unless ``finite=False`` (then an infinity inside the interval is accepted). NaN never is.
 
     Example:
         >>> real("VAE", "beta", 2, 0)
         2.0
+        >>> real("fit", "max_seconds", math.inf, 0, low_open=True, finite=False)
+        inf
     """
-    expected = "a finite number" + _interval(low, high, low_open, high_open)
+    expected = ("a finite number" if finite else "a number") + _interval(low, high, low_open, high_open)
     if not is_real(value):
         raise TypeError(f"{where}: `{name}` must be {expected}; got {type(value).__name__}")
     value = as_float(where, name, value)
     inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not (math.isfinite(value) and inside):
+    if not ((math.isfinite(value) or not finite and not math.isnan(value)) and inside):
         raise ValueError(f"{where}: `{name}` must be {expected}; got {value!r}")
     return value
 

@@ -687,7 +687,7 @@ def fit(
             opts[k] = options[k]
     opts = _check_options(opts)
     steps, batch_size = opts["steps"], opts["batch_size"]
-    max_seconds = _checks.optional(_checks.real, "fit", "max_seconds", max_seconds, 0, low_open=True)
+    max_seconds = _checks.optional(_checks.real, "fit", "max_seconds", max_seconds, 0, low_open=True, finite=False)
     seed = check_seed(seed, "fit")
     _checks.boolean("fit", "progress", progress)
     if not (resume is True or resume is False or resume == "force"):

@@ -68,18 +68,20 @@ intervals = st.tuples(st.sampled_from([-math.inf, -1.0, 0.0, 0.5]), st.sampled_f
                       st.booleans(), st.booleans())
 
 
-@given(st.one_of(reals, st.integers(-10, 10), st.sampled_from([math.nan, math.inf, -math.inf])), intervals)
-def test_real_accepts_finite_numbers_in_the_interval_and_refuses_the_others(value, interval):
+@given(st.one_of(reals, st.integers(-10, 10), st.sampled_from([math.nan, math.inf, -math.inf])), intervals,
+       st.booleans())
+def test_real_accepts_numbers_in_the_interval_and_refuses_the_others(value, interval, finite):
     low, high, low_open, high_open = interval
     v = float(value)
-    inside = (math.isfinite(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
+    inside = ((math.isfinite(v) or not finite and not math.isnan(v))
+              and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
+    kwargs = {"low_open": low_open, "high_open": high_open, "finite": finite}
     if inside:
-        out = _checks.real(WHERE, NAME, value, low, high, low_open=low_open, high_open=high_open)
+        out = _checks.real(WHERE, NAME, value, low, high, **kwargs)
         assert out == v and type(out) is float
     else:
-        message = refuses(ValueError, _checks.real, value, low, high, low_open=low_open, high_open=high_open,
-                          got=repr(v))
-        assert "a finite number" in message
+        message = refuses(ValueError, _checks.real, value, low, high, got=repr(v), **kwargs)
+        assert ("a finite number" if finite else "a number") in message
         if low > -math.inf:
             assert f"{low:g}" in message
 
@@ -92,6 +94,9 @@ def test_real_states_the_interval():
     assert "a finite number in (0, 1]; got 0.0" in refuses(ValueError, _checks.real, 0.0, 0, 1, low_open=True)
     assert "a finite number <= 1; got 2.0" in refuses(ValueError, _checks.real, 2.0, high=1)
     assert "must fit in a float64" in refuses(ValueError, _checks.real, 10**400)
+    assert _checks.real(WHERE, NAME, math.inf, 0, finite=False) == math.inf
+    assert "a number > 0; got nan" in refuses(ValueError, _checks.real, math.nan, 0, low_open=True, finite=False)
+    assert "a number <= 1; got inf" in refuses(ValueError, _checks.real, math.inf, high=1, finite=False)
 
 
 @pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), np.int32(1)])
