@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import io
 import math
-import numbers
 import os
 import re
 import tempfile
@@ -37,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torch.utils.data._utils.collate import default_collate
 
+from pyprobtf import _checks
 from pyprobtf._progress import ProgressBar
 from pyprobtf.seeds import check_seed
 from pyprobtf.transform import ProbabilityTransform
@@ -231,50 +231,25 @@ def _distributed(device: torch.device) -> _Dist:
 # ----------------------------------------------------------------------------- option checks
 
 
-def _check_int(name, value, low) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"fit: `{name}` must be an int >= {low}; got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"fit: `{name}` must be an int >= {low}; got {value!r}")
-    return int(value)
-
-
-def _check_real(name, value, what, ok, *, none=False):
-    """``value`` as a float when it is a real number (not a bool) for which ``ok`` holds; else a clear error."""
-    if none and value is None:
-        return None
-    expected = f"{what}{' or None' if none else ''}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"fit: `{name}` must be {expected}; got {type(value).__name__} {value!r}")
-    value = float(value)
-    if math.isnan(value) or not ok(value):
-        raise ValueError(f"fit: `{name}` must be {expected}; got {value!r}")
-    return value
+def _beta(where: str, name: str, value) -> float:
+    return _checks.real(where, name, value, 0, 1, high_open=True)
 
 
 def _check_options(opts: dict) -> dict:
     """Every option range-checked (fit calls this before anything runs)."""
     out = dict(opts)
-    out["steps"] = _check_int("steps", opts["steps"], 0)
-    out["batch_size"] = _check_int("batch_size", opts["batch_size"], 1)
-    out["warmup"] = _check_int("warmup", opts["warmup"], 0)
-    out["accumulate"] = _check_int("accumulate", opts["accumulate"], 1)
-    out["lr"] = _check_real("lr", opts["lr"], "a finite number > 0", lambda v: 0 < v < math.inf)
-    out["weight_decay"] = _check_real("weight_decay", opts["weight_decay"], "a finite number >= 0",
-                                      lambda v: 0 <= v < math.inf)
-    out["lr_final"] = _check_real("lr_final", opts["lr_final"], "a share of lr in [0, 1]", lambda v: 0 <= v <= 1)
-    out["grad_clip"] = _check_real("grad_clip", opts["grad_clip"], "a finite max gradient norm > 0",
-                                   lambda v: 0 < v < math.inf, none=True)
-    out["ema"] = _check_real("ema", opts["ema"], "a decay in (0, 1)", lambda v: 0 < v < 1, none=True)
-    if opts["lr_schedule"] not in ("cosine", "constant"):
-        raise ValueError(f"fit: `lr_schedule` must be 'cosine' or 'constant'; got {opts['lr_schedule']!r}")
-    if opts["precision"] not in _PRECISIONS:
-        raise ValueError(f"fit: `precision` must be one of {sorted(_PRECISIONS)}; got {opts['precision']!r}")
-    betas = opts["betas"]
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2
-            and all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
-        raise ValueError(f"fit: `betas` must be a pair of numbers in [0, 1); got {betas!r}")
-    out["betas"] = tuple(float(b) for b in betas)
+    out["steps"] = _checks.integer("fit", "steps", opts["steps"], 0)
+    out["batch_size"] = _checks.integer("fit", "batch_size", opts["batch_size"], 1)
+    out["warmup"] = _checks.integer("fit", "warmup", opts["warmup"], 0)
+    out["accumulate"] = _checks.integer("fit", "accumulate", opts["accumulate"], 1)
+    out["lr"] = _checks.real("fit", "lr", opts["lr"], 0, low_open=True)
+    out["weight_decay"] = _checks.real("fit", "weight_decay", opts["weight_decay"], 0)
+    out["lr_final"] = _checks.real("fit", "lr_final", opts["lr_final"], 0, 1)  # a share of lr
+    out["grad_clip"] = _checks.optional(_checks.real, "fit", "grad_clip", opts["grad_clip"], 0, low_open=True)
+    out["ema"] = _checks.optional(_checks.real, "fit", "ema", opts["ema"], 0, 1, low_open=True, high_open=True)
+    _checks.choice("fit", "lr_schedule", opts["lr_schedule"], ("cosine", "constant"))
+    _checks.choice("fit", "precision", opts["precision"], sorted(_PRECISIONS))
+    out["betas"] = _checks.sequence("fit", "betas", opts["betas"], _beta, length=2)
     return out
 
 
@@ -712,17 +687,14 @@ def fit(
             opts[k] = options[k]
     opts = _check_options(opts)
     steps, batch_size = opts["steps"], opts["batch_size"]
-    max_seconds = _check_real("max_seconds", max_seconds, "a positive number", lambda v: v > 0, none=True)
+    max_seconds = _checks.optional(_checks.real, "fit", "max_seconds", max_seconds, 0, low_open=True, finite=False)
     seed = check_seed(seed, "fit")
-    if not isinstance(progress, bool):
-        raise TypeError(f"fit: `progress` must be a bool; got {type(progress).__name__} {progress!r}")
+    _checks.boolean("fit", "progress", progress)
     if not (resume is True or resume is False or resume == "force"):
         raise ValueError(f"fit: `resume` must be True, False or 'force'; got {resume!r}")
-    log_every = _check_int("log_every", log_every if log_every is not None else max(1, steps // 100), 1)
-    if checkpoint_every is not None:
-        checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
-    if num_threads is not None:
-        num_threads = _check_int("num_threads", num_threads, 1)
+    log_every = _checks.integer("fit", "log_every", log_every if log_every is not None else max(1, steps // 100), 1)
+    checkpoint_every = _checks.optional(_checks.integer, "fit", "checkpoint_every", checkpoint_every, 1)
+    num_threads = _checks.optional(_checks.integer, "fit", "num_threads", num_threads, 1)
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"fit: `checkpoint` must be a path; got {type(checkpoint).__name__} {checkpoint!r}")

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
+from pyprobtf import _checks
 from pyprobtf.seeds import check_seed
 
 CAPABILITIES = ("inverse", "ladj", "log_prob")
@@ -353,12 +354,12 @@ class ProbabilityTransform(nn.Module):
 
     def rsample(self, n: int, **cond) -> torch.Tensor:
         """``n`` samples ``F(z)``, differentiable in the parameters (and in a learned prior's)."""
-        n = _check_count(n, self._name("rsample"))
+        n = _checks.integer(self._name("rsample"), "n", n, 0)
         return self.transform(self.base.rsample((n,)), **cond)
 
     def sample(self, n: int, *, seed: int | None = None, **cond) -> torch.Tensor:
         """``n`` samples ``F(z)``, ``z ~ base``, without gradients; the same ``seed`` gives the same samples."""
-        n = _check_count(n, self._name("sample"))
+        n = _checks.integer(self._name("sample"), "n", n, 0)
         with torch.no_grad(), seeded(seed, self.device, self._name("sample")):
             return self.transform(self.base.sample((n,)), **cond)
 
@@ -392,25 +393,16 @@ def resolve_event_shape(owner: str, dim, event_shape) -> tuple[int, ...]:
                              f"{shape}; give one of them")
         return shape
     if event_shape is None:
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
-            raise ValueError(f"{owner}: `dim` must be a positive int; got {dim!r}")
-        return (int(dim),)
-    if isinstance(event_shape, numbers.Integral) and not isinstance(event_shape, bool):
-        event_shape = (event_shape,)
-    if not isinstance(event_shape, (tuple, list, torch.Size)) or not event_shape or any(
-            isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in event_shape):
-        raise ValueError(f"{owner}: `event_shape` must be a non-empty tuple of positive ints, e.g. (2,) or "
-                         f"(1, 28, 28); got {event_shape!r}")
-    return tuple(int(d) for d in event_shape)
+        return (_checks.integer(owner, "dim", dim, 1),)
+    return _checks.shape(owner, "event_shape", event_shape)
 
 
 def resolve_context(owner: str, context_dim, context_shape, num_classes) -> tuple[int, tuple[int, ...], int]:
     """``(context_dim, context_shape, num_classes)`` checked; at most one kind of context."""
-    for name, value in (("context_dim", context_dim), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{owner}: `{name}` must be a non-negative int; got {value!r}")
+    context_dim = _checks.integer(owner, "context_dim", context_dim, 0)
+    num_classes = _checks.integer(owner, "num_classes", num_classes, 0)
     if context_shape is not None:
-        context_shape = resolve_event_shape(owner, None, context_shape)
+        context_shape = _checks.shape(owner, "context_shape", context_shape)
     kinds = [k for k, v in (("context_dim", context_dim), ("context_shape", context_shape),
                             ("num_classes", num_classes)) if v]
     if len(kinds) > 1:
@@ -447,7 +439,7 @@ def _check_labels(where: str, context, batch: int, num_classes: int, like) -> to
     if context is None:
         raise ValueError(f"{where}: `context` (class labels in [0, {num_classes})) is required: the model was "
                          f"built with num_classes={num_classes}")
-    if isinstance(context, numbers.Integral) and not isinstance(context, bool):
+    if _checks.is_integer(context):
         context = torch.tensor(int(context))
     if not isinstance(context, torch.Tensor) or context.is_floating_point() or context.is_complex() \
             or context.dtype == torch.bool:
@@ -464,12 +456,6 @@ def _check_labels(where: str, context, batch: int, num_classes: int, like) -> to
                          f"[{int(context.min())}, {int(context.max())}]")
     device = like.device if like is not None else context.device
     return context.to(device=device, dtype=torch.int64)
-
-
-def _check_count(n, where: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"{where}: `n` must be a non-negative int; got {n!r}")
-    return int(n)
 
 
 class Chain(ProbabilityTransform):

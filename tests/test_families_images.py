@@ -295,7 +295,7 @@ def test_realnvp_image_errors():
         model.loss(data(IMAGE, 4))
     with pytest.raises(ValueError, match="divisible by 2 \\*\\* \\(levels - 1\\) = 4"):
         fam.RealNVP(event_shape=(1, 6, 6), levels=3)
-    with pytest.raises(TypeError, match="`conditioner` must be a factory"):
+    with pytest.raises(TypeError, match="`conditioner` must be a callable factory"):
         fam.RealNVP(event_shape=IMAGE, conditioner=3)
     with pytest.raises(ValueError, match=r"must have shape \(batch, 1, 8, 8\)"):
         fam.RealNVP(event_shape=IMAGE).log_prob(torch.rand(3, 8, 8))

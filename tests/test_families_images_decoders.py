@@ -375,7 +375,7 @@ def test_vqvae_sample_counts():
     model = VQVAE(dim=3, hidden=(8,), num_codes=4, prior_d_model=8, prior_heads=2, prior_layers=1)
     assert model.sample(0).shape == (0, 3)
     assert VQVAE(dim=3, hidden=(8,), num_codes=4, prior="uniform").sample(0).shape == (0, 3)
-    with pytest.raises(ValueError, match=r"VQVAE\.sample: `n` must be a non-negative int; got -1"):
+    with pytest.raises(ValueError, match=r"VQVAE\.sample: `n` must be >= 0; got -1"):
         model.sample(-1)
 
 

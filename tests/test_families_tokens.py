@@ -144,7 +144,7 @@ def test_ar_loss_is_the_nll_and_outside_points_have_no_density():
 
 
 def test_ar_bad_input_names_the_argument():
-    with pytest.raises(ValueError, match="`bins` must be an int >= 1"):
+    with pytest.raises(ValueError, match="`bins` must be >= 1"):
         Autoregressive(dim=2, bins=0)
     with pytest.raises(ValueError, match="`d_model` must be a multiple of `heads`"):
         Autoregressive(dim=2, d_model=30, heads=4)
@@ -241,7 +241,7 @@ def test_vqvae_bad_input_names_the_argument():
 
     with pytest.raises(ValueError, match="`prior` must be one of"):
         VQVAE(dim=2, prior="gaussian")
-    with pytest.raises(ValueError, match="`num_codes` must be an int >= 1"):
+    with pytest.raises(ValueError, match="`num_codes` must be >= 1"):
         VQVAE(dim=2, num_codes=0)
     model = VQVAE(dim=2)
     with pytest.raises(ValueError, match=r"`z` must hold uniforms in \[0, 1\)"):

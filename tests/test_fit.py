@@ -188,9 +188,9 @@ def test_bad_options_are_refused():
     data = toy("moons", 100)
     with pytest.raises(TypeError, match="unknown option"):
         fit(small_realnvp(), data, steps=1, progress=False, learning_rate=1e-3)
-    with pytest.raises(ValueError, match="`steps` must be an int >= 0; got -1"):
+    with pytest.raises(ValueError, match="fit: `steps` must be >= 0; got -1"):
         fit(small_realnvp(), data, steps=-1, progress=False)
-    with pytest.raises(ValueError, match="`max_seconds` must be a positive number"):
+    with pytest.raises(ValueError, match=r"fit: `max_seconds` must be a number > 0 or None; got 0.0"):
         fit(small_realnvp(), data, steps=1, max_seconds=0, progress=False)
     with pytest.raises(TypeError, match="must be a pyprobtf ProbabilityTransform"):
         fit(torch.nn.Linear(2, 2), data, steps=1, progress=False)

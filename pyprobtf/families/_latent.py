@@ -12,9 +12,9 @@
   (a learned prior);
 - the network helpers: :func:`resolve_latent_shape` (the latent's shape from
   ``latent_dim``/``latent_shape`` or a default), :func:`probe_shape` (what a user's
-  network returns), :class:`SplitMLP` (the vector default: an MLP with one or more heads);
-- :func:`check_int`, :func:`check_real`, :func:`check_choice`: argument checks
-  whose errors name the argument, the rule and the value received.
+  network returns), :class:`SplitMLP` (the vector default: an MLP with one or more heads).
+
+Their argument checks are :mod:`pyprobtf._checks`.
 """
 
 from __future__ import annotations
@@ -26,41 +26,10 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from pyprobtf import _checks
 from pyprobtf.families._nets import MLP, check_activation, check_hidden
-from pyprobtf.transform import ProbabilityTransform, Trajectory, check_net_output, resolve_event_shape
-
-
-def check_int(owner: str, name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{owner}: `{name}` must be an int >= {low}; got {value!r}")
-    return int(value)
-
-
-def check_real(owner: str, name: str, value, low: float = 0.0, high: float = math.inf, *,
-               low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a float in the interval (``low_open``/``high_open``: excluding that end)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        v = float(value)
-        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"{owner}: `{name}` must be a finite number in {lo}{low:g}, {high:g}{hi}; got {value!r}")
-    return float(value)
-
-
-def check_choice(owner: str, name: str, value, choices) -> object:
-    if value not in choices:
-        raise ValueError(f"{owner}: `{name}` must be one of {tuple(choices)}; got {value!r}")
-    return value
-
-
-def check_module(owner: str, name: str, value) -> nn.Module | None:
-    """A user network: None (build the default) or a :class:`torch.nn.Module`."""
-    if value is not None and not isinstance(value, nn.Module):
-        raise TypeError(f"{owner}: `{name}` must be a torch.nn.Module (or None for the default); got "
-                        f"{type(value).__name__}")
-    return value
+from pyprobtf.transform import (ProbabilityTransform, Trajectory, check_net_output, check_sample,
+                                resolve_event_shape)
 
 
 def event_shape_of(owner: str, dim, event_shape) -> tuple[int, ...]:
@@ -88,23 +57,16 @@ def resolve_latent_shape(owner: str, event_shape, latent_dim, latent_shape, defa
     if latent_dim is not None and latent_shape is not None:
         raise ValueError(f"{owner}: give `latent_dim` or `latent_shape`, not both")
     if latent_dim is not None:
-        return (check_int(owner, "latent_dim", latent_dim),)
+        return (_checks.integer(owner, "latent_dim", latent_dim, 1),)
     if latent_shape is None:
         return tuple(default)
-    if isinstance(latent_shape, numbers.Integral) and not isinstance(latent_shape, bool):
-        latent_shape = (latent_shape,)
-    if not isinstance(latent_shape, (tuple, list, torch.Size)) or not latent_shape or any(
-            isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in latent_shape):
-        raise ValueError(f"{owner}: `latent_shape` must be a non-empty tuple of positive ints, e.g. (8,) or "
-                         f"(4, 2, 2); got {latent_shape!r}")
-    return tuple(int(d) for d in latent_shape)
+    return _checks.shape(owner, "latent_shape", latent_shape, example="(8,) or (4, 2, 2)")
 
 
 def default_latent_dim(dim, latent_dim, cap: int):
     """``latent_dim``, or ``min(dim, cap)`` when it is None (a bad ``dim`` is left for the protocol to report)."""
     if latent_dim is None:
-        valid = isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim >= 1
-        return min(int(dim), cap) if valid else 1
+        return min(int(dim), cap) if _checks.is_integer(dim) and dim >= 1 else 1
     return latent_dim
 
 
@@ -231,8 +193,8 @@ class LatentFamily(ProbabilityTransform):
     def __init__(self, dim=None, latent_shape=None, *, event_shape=None, base=None, normalize: bool = True):
         super().__init__(dim, event_shape=event_shape)
         name = type(self).__name__
-        if isinstance(latent_shape, numbers.Integral) and not isinstance(latent_shape, bool):
-            latent_shape = (check_int(name, "latent_dim", latent_shape),)
+        if _checks.is_integer(latent_shape):
+            latent_shape = (_checks.integer(name, "latent_dim", latent_shape, 1),)
         self.latent_shape = resolve_latent_shape(name, self.event_shape, None, latent_shape, ())
         self.latent_dim = math.prod(self.latent_shape)
         vector = len(self.latent_shape) == 1
@@ -257,8 +219,7 @@ class LatentFamily(ProbabilityTransform):
         else:
             raise TypeError(f"{name}: `base` must be None, a torch Distribution or a ProbabilityTransform; "
                             f"got {type(base).__name__}")
-        if not isinstance(normalize, bool):
-            raise TypeError(f"{name}: `normalize` must be True or False; got {normalize!r}")
+        _checks.boolean(name, "normalize", normalize)
         self.scaler = Standardizer(self.event_shape, enabled=normalize)
         if is_image(self.event_shape):
             self.fit_defaults = {**type(self).fit_defaults, **IMAGE_FIT_DEFAULTS}
@@ -270,18 +231,7 @@ class LatentFamily(ProbabilityTransform):
 
     def check_z(self, z, method: str) -> torch.Tensor:
         """``z`` as a ``(B, *latent_shape)`` floating tensor; a clear error otherwise."""
-        where = self._name(method)
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"{where}: `z` must be a torch.Tensor; got {type(z).__name__}")
-        if not z.is_floating_point():
-            raise TypeError(f"{where}: `z` must be a floating-point tensor; got {z.dtype}")
-        if z.dim() != 1 + len(self.latent_shape) or tuple(z.shape[1:]) != self.latent_shape:
-            if len(self.latent_shape) == 1:
-                raise ValueError(f"{where}: `z` must have shape (batch, {self.latent_dim}) for latent_dim="
-                                 f"{self.latent_dim}; got {tuple(z.shape)}")
-            raise ValueError(f"{where}: `z` must have shape (batch, {', '.join(map(str, self.latent_shape))}) for "
-                             f"latent_shape={self.latent_shape}; got {tuple(z.shape)}")
-        return z
+        return check_sample(self._name(method), "z", z, self.latent_shape, "latent_shape")
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder or generator in the standardised data space (subclasses implement it)."""

@@ -31,24 +31,17 @@ unconditional one).
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import nn
 
-from pyprobtf import solvers
+from pyprobtf import _checks, solvers
 from pyprobtf.nn.mlp import FourierFeatures, TimeMLP, check_activation, check_hidden
 from pyprobtf.nn.unet import UNet
 from pyprobtf.transform import FlatDistribution, ProbabilityTransform, Trajectory, check_net_output
 
 ODE_METHODS = ("euler", "heun", "midpoint", "rk4")
 DIVERGENCES = ("auto", "exact", "hutchinson")
-
-
-def check_steps(owner: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{owner}: `{name}` must be a positive int; got {value!r}")
-    return int(value)
 
 
 def is_image(event_shape) -> bool:
@@ -71,13 +64,6 @@ def default_net(owner: str, model: ProbabilityTransform, hidden, activation: str
                    x_frequencies=x_frequencies)
 
 
-def check_net(owner: str, name: str, net) -> nn.Module | None:
-    if net is not None and not callable(net):
-        raise TypeError(f"{owner}: `{name}` must be a callable net(x, t, context=None) (an nn.Module); got "
-                        f"{type(net).__name__}")
-    return net
-
-
 class ODEFamily(ProbabilityTransform):
     """Base of the ODE-based families (see the module docstring).
 
@@ -95,20 +81,16 @@ class ODEFamily(ProbabilityTransform):
         super().__init__(dim, event_shape=event_shape, base=base, context_dim=context_dim,
                          context_shape=context_shape, num_classes=num_classes)
         name = type(self).__name__
-        if not (isinstance(context_dropout, numbers.Real) and 0 <= context_dropout < 1):
-            raise ValueError(f"{name}: `context_dropout` must be in [0, 1); got {context_dropout!r}")
+        context_dropout = _checks.real(name, "context_dropout", context_dropout, 0, 1, high_open=True)
         if context_dropout and not self.conditional:
             raise ValueError(f"{name}: `context_dropout` needs a conditional model (context_dim, context_shape "
                              f"or num_classes)")
-        self.context_dropout = float(context_dropout)
-        self.ode_steps = check_steps(name, "ode_steps", ode_steps)
-        self.log_prob_steps = check_steps(name, "log_prob_steps", log_prob_steps)
-        self.n_probes = check_steps(name, "n_probes", n_probes)
-        if ode_method not in ODE_METHODS:
-            raise ValueError(f"{name}: `ode_method` must be one of {ODE_METHODS}; got {ode_method!r}")
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"{name}: `divergence` must be one of {DIVERGENCES}; got {divergence!r}")
-        self.ode_method = ode_method
+        self.context_dropout = context_dropout
+        self.ode_steps = _checks.integer(name, "ode_steps", ode_steps, 1)
+        self.log_prob_steps = _checks.integer(name, "log_prob_steps", log_prob_steps, 1)
+        self.n_probes = _checks.integer(name, "n_probes", n_probes, 1)
+        self.ode_method = _checks.choice(name, "ode_method", ode_method, ODE_METHODS)
+        _checks.choice(name, "divergence", divergence, DIVERGENCES)
         # Exact divergence costs one backward pass per dimension: cheap for small dim only.
         self.divergence = ("exact" if self.dim <= 16 else "hutchinson") if divergence == "auto" else divergence
 
@@ -120,7 +102,7 @@ class ODEFamily(ProbabilityTransform):
     def set_net(self, net, hidden, activation, x_frequencies, unet_channels) -> None:
         """``self.net``: the user's ``net``, or the default one (see :func:`default_net`)."""
         name = type(self).__name__
-        check_net(name, "net", net)
+        _checks.optional(_checks.callable_, name, "net", net, "net(x, t, context=None) (an nn.Module)")
         self.net = net if net is not None else default_net(
             name, self, hidden, activation, x_frequencies, unet_channels, 1 if self.context_dropout else 0)
 
@@ -186,7 +168,7 @@ class ODEFamily(ProbabilityTransform):
         return v, self.check_context(context, v.shape[0], method, like=v)
 
     def _steps(self, steps, default):
-        return default if steps is None else check_steps(type(self).__name__, "steps", steps)
+        return default if steps is None else _checks.integer(type(self).__name__, "steps", steps, 1)
 
     def transform(self, z, context=None, *, steps: int | None = None, method: str | None = None,
                   guidance: float | None = None):
@@ -211,15 +193,13 @@ class ODEFamily(ProbabilityTransform):
         if guidance is None:
             return None
         name = type(self).__name__
-        if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
-            raise TypeError(f"{name}: `guidance` must be a finite real number (1: no guidance); got "
-                            f"{guidance!r}")
+        guidance = _checks.real(name, "guidance", guidance)
         if context is None:
             raise ValueError(f"{name}: `guidance` needs a conditional model and a `context`")
         if guidance != 1 and not self.context_dropout:
             raise ValueError(f"{name}: `guidance` other than 1 needs a model trained with context_dropout > 0 "
                              f"(it has learned no unconditional output)")
-        return float(guidance)
+        return guidance
 
     def _ladj(self, v, context, towards_data, steps, seed, base):
         return solvers.log_prob_ode(

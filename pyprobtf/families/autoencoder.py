@@ -29,7 +29,8 @@ from torch import nn
 from torch.distributions import MultivariateNormal, TransformedDistribution
 from torch.distributions.transforms import ReshapeTransform
 
-from pyprobtf.families._latent import LatentFamily, check_choice, check_int, check_real, event_shape_of, sum_event
+from pyprobtf import _checks
+from pyprobtf.families._latent import LatentFamily, event_shape_of, sum_event
 from pyprobtf.families.vae import build_encoder_decoder
 from pyprobtf.transform import check_net_output
 
@@ -91,12 +92,12 @@ class Autoencoder(LatentFamily):
             name, shape, latent_dim, latent_shape, encoder, decoder, hidden, activation, channels, heads=1,
             hidden_default=(128, 128), image_latent=(8,))
         super().__init__(None, latent_shape, event_shape=shape, normalize=normalize)
-        self.denoising = check_choice(name, "denoising", denoising, DENOISING)
+        self.denoising = _checks.choice(name, "denoising", denoising, DENOISING)
         high = 1.0 if denoising == "mask" else float("inf")
-        self.corruption = check_real(name, "corruption", corruption, 0.0, high, high_open=denoising == "mask")
-        self.latent_penalty = check_real(name, "latent_penalty", latent_penalty)
-        self.n_projections = check_int(name, "n_projections", n_projections)
-        self.latent_momentum = check_real(name, "latent_momentum", latent_momentum, 0.0, 1.0, high_open=True)
+        self.corruption = _checks.real(name, "corruption", corruption, 0, high, high_open=denoising == "mask")
+        self.latent_penalty = _checks.real(name, "latent_penalty", latent_penalty, 0)
+        self.n_projections = _checks.integer(name, "n_projections", n_projections, 1)
+        self.latent_momentum = _checks.real(name, "latent_momentum", latent_momentum, 0, 1, high_open=True)
         self.encoder, self.decoder = encoder, decoder
         k = self.latent_dim
         # Raw moving averages of E[z] and E[z z^T]; `_moment_weight` = 1 - momentum^updates corrects their zero start.

@@ -49,16 +49,16 @@ is always the density of the distribution ``sample`` draws from. Training
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Uniform
 
-from pyprobtf.families._latent import check_int, check_module, check_real
+from pyprobtf import _checks
 from pyprobtf.nn.transformer import CausalTransformer
-from pyprobtf.transform import ProbabilityTransform, Trajectory, _check_count, check_net_output, draw_seed
+from pyprobtf.seeds import check_seed, signed_int64
+from pyprobtf.transform import ProbabilityTransform, Trajectory, check_net_output, draw_seed
 
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p")
 
@@ -125,15 +125,16 @@ class Autoregressive(ProbabilityTransform):
         image = len(self.event_shape) == 3
         if bins is None:
             bins = 16 if image else 64
-        self.vocab = check_int(name, "vocab_size", vocab_size) if self.tokens_mode else check_int(name, "bins", bins)
+        self.vocab = (_checks.integer(name, "vocab_size", vocab_size, 1) if self.tokens_mode else
+                      _checks.integer(name, "bins", bins, 1))
         if image:
             # Images are long sequences: smaller batches, and a narrower default transformer, keep steps cheap.
             self.fit_defaults = {**type(self).fit_defaults, "batch_size": 64}
-        self.margin = check_real(name, "margin", margin)
+        self.margin = _checks.real(name, "margin", margin, 0)
         self.sampling = self._check_sampling(name, {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                                                     "min_p": min_p})
         options = {"d_model": d_model, "layers": layers, "heads": heads, "dropout": dropout}
-        if check_module(name, "net", net) is not None:
+        if _checks.optional(_checks.module, name, "net", net) is not None:
             for key, value in options.items():
                 if value is not None:
                     raise ValueError(f"{name}: `{key}` configures the default transformer; it cannot be given with "
@@ -141,11 +142,11 @@ class Autoregressive(ProbabilityTransform):
             self.net = net
         else:
             defaults = {"d_model": 32 if image else 64, "layers": 2, "heads": 4}
-            d_model, layers, heads = (check_int(name, k, defaults[k] if options[k] is None else options[k])
+            d_model, layers, heads = (_checks.integer(name, k, defaults[k] if options[k] is None else options[k], 1)
                                       for k in ("d_model", "layers", "heads"))
             if d_model % heads:
                 raise ValueError(f"{name}: `d_model` must be a multiple of `heads`; got {d_model} and {heads}")
-            dropout = check_real(name, "dropout", 0.0 if dropout is None else dropout, 0.0, 1.0, high_open=True)
+            dropout = _checks.real(name, "dropout", 0.0 if dropout is None else dropout, 0, 1, high_open=True)
             self.net = CausalTransformer(self.dim, self.vocab, d_model=d_model, layers=layers, heads=heads,
                                          dropout=dropout)
         self.register_buffer("low", torch.zeros(self.dim))
@@ -164,11 +165,8 @@ class Autoregressive(ProbabilityTransform):
     # -------------------------------------------------------------- options and checks
     @staticmethod
     def _check_bounds(name, bounds):
-        try:
-            low, high = (float(b) for b in bounds)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: `bounds` must be None or a pair (low, high); got {bounds!r}") from None
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        low, high = _checks.sequence(name, "bounds", bounds, _checks.real, length=2)
+        if not low < high:
             raise ValueError(f"{name}: `bounds` must be finite with low < high; got {bounds!r}")
         return low, high
 
@@ -177,13 +175,13 @@ class Autoregressive(ProbabilityTransform):
         out = {}
         for key, value in options.items():
             if key == "top_k":
-                out[key] = check_int(where, "top_k", value, 0)
+                out[key] = _checks.integer(where, "top_k", value, 0)
             elif key == "temperature":
-                out[key] = check_real(where, "temperature", value)
+                out[key] = _checks.real(where, "temperature", value, 0)
             elif key == "top_p":
-                out[key] = check_real(where, "top_p", value, 0.0, 1.0, low_open=True)
+                out[key] = _checks.real(where, "top_p", value, 0, 1, low_open=True)
             else:
-                out[key] = check_real(where, "min_p", value, 0.0, 1.0, high_open=True)
+                out[key] = _checks.real(where, "min_p", value, 0, 1, high_open=True)
         return out
 
     def _options(self, method: str, overrides: dict) -> dict:
@@ -391,13 +389,13 @@ class Autoregressive(ProbabilityTransform):
     def sample(self, n: int, *, seed: int | None = None, context=None, **sampling) -> torch.Tensor:
         """``n`` samples ``F(u)``, ``u`` from per-row Philox streams of ``seed`` (see the module docstring);
         ``sampling`` overrides the sampling options for this call."""
-        n = _check_count(n, self._name("sample"))
+        n = _checks.integer(self._name("sample"), "n", n, 0)
         self.check_context(context, n, "sample")
         if seed is None:
             seed = draw_seed()
-        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"{self._name('sample')}: `seed` must be an int or None; got {type(seed).__name__}")
-        u = philox_uniforms(int(seed), n, self.dim, device=self.device).to(self.dtype)
+        else:
+            seed = signed_int64(check_seed(seed, self._name("sample")))
+        u = philox_uniforms(seed, n, self.dim, device=self.device).to(self.dtype)
         u = u.reshape(n, *self.event_shape)
         # float32 rounding can lift a uniform just below 1 to 1.0: keep it inside [0, 1).
         u = u.clamp_max(1.0 - torch.finfo(u.dtype).eps / 2)

@@ -13,8 +13,8 @@ does not grow with the dimension; Grathwohl et al. 2019). Evaluation
 
 from __future__ import annotations
 
-from pyprobtf import solvers
-from pyprobtf.families._ode import DIVERGENCES, ODEFamily, check_steps
+from pyprobtf import _checks, solvers
+from pyprobtf.families._ode import DIVERGENCES, ODEFamily
 from pyprobtf.transform import draw_seed
 
 
@@ -58,10 +58,8 @@ class ContinuousFlow(ODEFamily):
                          log_prob_steps=log_prob_steps, divergence=divergence, n_probes=n_probes, base=base,
                          context_dim=context_dim, context_shape=context_shape, num_classes=num_classes)
         name = type(self).__name__
-        self.train_steps = check_steps(name, "train_steps", train_steps)
-        if train_divergence not in DIVERGENCES[1:]:
-            raise ValueError(f"{name}: `train_divergence` must be 'exact' or 'hutchinson'; got {train_divergence!r}")
-        self.train_divergence = train_divergence
+        self.train_steps = _checks.integer(name, "train_steps", train_steps, 1)
+        self.train_divergence = _checks.choice(name, "train_divergence", train_divergence, DIVERGENCES[1:])
         self.set_net(net, hidden, activation, x_frequencies, unet_channels)
 
     def velocity(self, x, t, context=None, guidance=None):

@@ -32,13 +32,12 @@ stays invertible).
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from pyprobtf import solvers
-from pyprobtf.families._ode import ODEFamily, check_steps, is_image
-from pyprobtf.transform import Trajectory, _check_count, draw_seed, seeded
+from pyprobtf import _checks, solvers
+from pyprobtf.families._ode import ODEFamily, is_image
+from pyprobtf.transform import Trajectory, draw_seed, seeded
 
 PARAMETERIZATIONS = ("edm", "vp")
 VP_SCHEDULES = ("linear", "cosine")
@@ -109,27 +108,22 @@ class Diffusion(ODEFamily):
             self.ode_steps = 16 if is_image(self.event_shape) else 32
         if is_image(self.event_shape):
             self.fit_defaults = dict(self.image_fit_defaults)
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"{name}: `parameterization` must be one of {PARAMETERIZATIONS}; got "
-                             f"{parameterization!r}")
-        if schedule not in VP_SCHEDULES:
-            raise ValueError(f"{name}: `schedule` must be one of {VP_SCHEDULES}; got {schedule!r}")
+        self.parameterization = _checks.choice(name, "parameterization", parameterization, PARAMETERIZATIONS)
+        _checks.choice(name, "schedule", schedule, VP_SCHEDULES)
         for key, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("P_std", P_std), ("rho", rho),
                            ("beta_min", beta_min), ("beta_max", beta_max), ("t_min", t_min),
                            ("langevin_step", langevin_step)):
-            if not (isinstance(value, numbers.Real) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name}: `{key}` must be positive and finite; got {value!r}")
+            _checks.real(name, key, value, 0, low_open=True)
         if not sigma_min < sigma_max:
             raise ValueError(f"{name}: `sigma_min` must be below `sigma_max`; got {sigma_min} and {sigma_max}")
         if not t_min < 1:
             raise ValueError(f"{name}: `t_min` must be below 1; got {t_min}")
-        if sigma_data is not None and not (isinstance(sigma_data, numbers.Real) and sigma_data > 0):
-            raise ValueError(f"{name}: `sigma_data` must be None or positive; got {sigma_data!r}")
-        self.parameterization = parameterization
-        self.sigma_min, self.sigma_max, self.P_mean, self.P_std = float(sigma_min), float(sigma_max), P_mean, P_std
+        _checks.optional(_checks.real, name, "sigma_data", sigma_data, 0, low_open=True)
+        self.sigma_min, self.sigma_max, self.P_std = float(sigma_min), float(sigma_max), float(P_std)
+        self.P_mean = _checks.real(name, "P_mean", P_mean)
         self.rho = float(rho)
-        self.sde_steps = check_steps(name, "sde_steps", sde_steps)
-        self.langevin_steps = check_steps(name, "langevin_steps", langevin_steps)
+        self.sde_steps = _checks.integer(name, "sde_steps", sde_steps, 1)
+        self.langevin_steps = _checks.integer(name, "langevin_steps", langevin_steps, 1)
         self.langevin_step = float(langevin_step)
         self.register_buffer("sigma_data", torch.tensor(1.0 if sigma_data is None else float(sigma_data)))
         self._measure_sigma_data = sigma_data is None
@@ -293,8 +287,7 @@ class Diffusion(ODEFamily):
     # -------------------------------------------------------------- samplers
     def _sample_from(self, z, context, method, steps, seed, guidance=None):
         """(x, states, the time of each state) of sampler ``method`` started at ``z``."""
-        if method not in SAMPLERS:
-            raise ValueError(f"{type(self).__name__}: `method` must be one of {SAMPLERS}; got {method!r}")
+        _checks.choice(type(self).__name__, "method", method, SAMPLERS)
         x_t = self._to_ode(z)
         if method == "ode":
             times = self.times(self._steps(steps, self.ode_steps), True)
@@ -333,7 +326,7 @@ class Diffusion(ODEFamily):
         """``n`` samples by ``method``: ``"ode"`` (the probability-flow ODE, = ``transform`` of base draws),
         ``"sde"`` (the reverse SDE) or ``"langevin"`` (annealed Langevin). The same seed gives the same samples.
         ``guidance=w``: classifier-free guidance (a model trained with ``context_dropout``)."""
-        n = _check_count(n, self._name("sample"))
+        n = _checks.integer(self._name("sample"), "n", n, 0)
         with torch.no_grad(), seeded(seed, self.device):
             z = self.base.sample((n,))
             context = self.check_context(context, n, "sample", like=z)

@@ -15,10 +15,10 @@ paths: straighter, lower-variance targets (Tong et al. 2023; Pooladian et al. 20
 
 from __future__ import annotations
 
-import numbers
 
 import torch
 
+from pyprobtf import _checks
 from pyprobtf import ot as _ot
 from pyprobtf.families._ode import ODEFamily, is_image
 
@@ -85,16 +85,13 @@ class FlowMatching(ODEFamily):
             self.ode_steps = 8 if is_image(self.event_shape) else 32
         if is_image(self.event_shape):
             self.fit_defaults = dict(self.image_fit_defaults)
-        if ot not in OT_CHOICES:
-            raise ValueError(f"{name}: `ot` must be None, 'exact' or 'sinkhorn'; got {ot!r}")
+        _checks.choice(name, "ot", ot, OT_CHOICES)
         if ot is not None and self.conditional:
             raise ValueError(f"{name}: minibatch OT re-pairs noise across the whole batch, which breaks the "
                              f"conditional distributions of a model with context; use ot=None")
-        if not (isinstance(sigma_min, numbers.Real) and 0 <= sigma_min < 1):
-            raise ValueError(f"{name}: `sigma_min` must be in [0, 1); got {sigma_min!r}")
-        if not (isinstance(sinkhorn_reg, numbers.Real) and sinkhorn_reg > 0):
-            raise ValueError(f"{name}: `sinkhorn_reg` must be positive; got {sinkhorn_reg!r}")
-        self.ot, self.sinkhorn_reg, self.sigma_min = ot, float(sinkhorn_reg), float(sigma_min)
+        self.ot = ot
+        self.sigma_min = _checks.real(name, "sigma_min", sigma_min, 0, 1, high_open=True)
+        self.sinkhorn_reg = _checks.real(name, "sinkhorn_reg", sinkhorn_reg, 0, low_open=True)
         self.set_net(net, hidden, activation, x_frequencies, unet_channels)
 
     def velocity(self, x, t, context=None, guidance=None):

@@ -30,9 +30,9 @@ from torch.func import functional_call
 
 from torch import nn
 
-from pyprobtf.families._latent import (LatentFamily, SplitMLP, check_choice, check_module, check_real,
-                                       default_latent_dim, default_channels, event_shape_of, is_image,
-                                       resolve_latent_shape, sum_event, vector_options)
+from pyprobtf import _checks
+from pyprobtf.families._latent import (LatentFamily, SplitMLP, default_latent_dim, default_channels, event_shape_of,
+                                       is_image, resolve_latent_shape, sum_event, vector_options)
 from pyprobtf.families._nets import check_hidden
 from pyprobtf.transform import check_net_output
 
@@ -60,7 +60,7 @@ def build_generator(owner, event_shape, latent_dim, latent_shape, generator, hid
                     *, vector_cap: int = 8):
     """``(latent_shape, generator)``: the user's (latent shape given, or read off by calling it is impossible:
     it must be given), else the default for vectors (an MLP) or images (a ConvDecoder)."""
-    check_module(owner, "generator", generator)
+    _checks.optional(_checks.module, owner, "generator", generator)
     if generator is not None:
         if latent_dim is None and latent_shape is None:
             raise ValueError(f"{owner}: give `latent_shape` (the shape of z your generator takes) with `generator`")
@@ -78,7 +78,7 @@ def build_generator(owner, event_shape, latent_dim, latent_shape, generator, hid
 def build_discriminator(owner, event_shape, discriminator, hidden, activation, channels, outputs: int = 1):
     """The user's discriminator, else the default: an MLP (vectors) or a ConvEncoder (images) with ``outputs``
     logits per row."""
-    check_module(owner, "discriminator", discriminator)
+    _checks.optional(_checks.module, owner, "discriminator", discriminator)
     if discriminator is not None:
         return discriminator
     if is_image(event_shape):
@@ -157,8 +157,8 @@ class GAN(LatentFamily):
                                             hidden if disc_hidden is None else check_hidden(name, disc_hidden),
                                             activation, channels)
         super().__init__(None, latent_shape, event_shape=shape, base=base, normalize=normalize)
-        self.loss_type = check_choice(name, "loss", loss, GAN_LOSSES)
-        self.gradient_penalty = check_real(name, "gradient_penalty", gradient_penalty)
+        self.loss_type = _checks.choice(name, "loss", loss, GAN_LOSSES)
+        self.gradient_penalty = _checks.real(name, "gradient_penalty", gradient_penalty, 0)
         self.generator, self.discriminator = generator, discriminator
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

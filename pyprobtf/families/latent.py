@@ -49,11 +49,11 @@ from __future__ import annotations
 
 import torch
 
-from pyprobtf.families._latent import check_int
+from pyprobtf import _checks
 from pyprobtf.families.autoencoder import Autoencoder
 from pyprobtf.families.vae import VAE
 from pyprobtf.families.vqvae import VQVAE
-from pyprobtf.transform import ProbabilityTransform, Trajectory, _check_count
+from pyprobtf.transform import ProbabilityTransform, Trajectory
 
 DECODER_FAMILIES = (Autoencoder, VAE, VQVAE)
 
@@ -91,9 +91,9 @@ class Latent(ProbabilityTransform):
         super().__init__(event_shape=autoencoder.event_shape, context_dim=prior.context_dim,
                          context_shape=None if prior.context_dim else (prior.context_shape or None),
                          num_classes=prior.num_classes)
-        self.prior_start = check_int("Latent", "prior_start", prior_start, 0)
+        self.prior_start = _checks.integer("Latent", "prior_start", prior_start, 0)
         if autoencoder_steps is not None:
-            autoencoder_steps = check_int("Latent", "autoencoder_steps", autoencoder_steps, 1)
+            autoencoder_steps = _checks.integer("Latent", "autoencoder_steps", autoencoder_steps, 1)
             if autoencoder_steps < self.prior_start:
                 raise ValueError(f"Latent: `autoencoder_steps` ({autoencoder_steps}) must be at least `prior_start` "
                                  f"({self.prior_start})")
@@ -138,7 +138,7 @@ class Latent(ProbabilityTransform):
 
     def sample(self, n: int, *, seed: int | None = None, **cond) -> torch.Tensor:
         """``n`` samples: the prior's (its own sampler and seeding), decoded."""
-        n = _check_count(n, self._name("sample"))
+        n = _checks.integer(self._name("sample"), "n", n, 0)
         with torch.no_grad():
             return self.decode(self.latent_prior.sample(n, seed=seed, **cond))
 

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyprobtf.families._latent import LatentFamily, check_int, check_module, check_real, event_shape_of, sum_event
+from pyprobtf import _checks
+from pyprobtf.families._latent import LatentFamily, event_shape_of, sum_event
 from pyprobtf.families._nets import check_hidden
 from pyprobtf.families.gan import build_discriminator, build_generator, image_or_vector_options, logits_of
 from pyprobtf.transform import Trajectory, check_net_output
@@ -102,18 +103,18 @@ class DiscriminatorFlow(LatentFamily):
                  particles: int = 128, base=None, normalize: bool = True):
         name = type(self).__name__
         shape = event_shape_of(name, dim, event_shape)
-        self_built = check_module(name, "discriminator", discriminator) is None
+        self_built = _checks.optional(_checks.module, name, "discriminator", discriminator) is None
         hidden, activation, channels = image_or_vector_options(name, shape, not self_built, hidden, activation,
                                                                channels, (128, 128))
-        steps = check_int(name, "steps", steps)
+        steps = _checks.integer(name, "steps", steps, 1)
         if self_built:
             discriminator = StepLogits(build_discriminator(name, shape, None, hidden, activation, channels, steps))
         super().__init__(None, shape, event_shape=shape, base=base, normalize=normalize)
         self.steps = steps
-        self.step_size = check_real(name, "step_size", step_size, 0.0, low_open=True)
-        self.max_step = None if max_step is None else check_real(name, "max_step", max_step, 0.0, low_open=True)
-        self.gradient_penalty = check_real(name, "gradient_penalty", gradient_penalty)
-        self.particles = check_int(name, "particles", particles)
+        self.step_size = _checks.real(name, "step_size", step_size, 0, low_open=True)
+        self.max_step = _checks.optional(_checks.real, name, "max_step", max_step, 0, low_open=True)
+        self.gradient_penalty = _checks.real(name, "gradient_penalty", gradient_penalty, 0)
+        self.particles = _checks.integer(name, "particles", particles, 1)
         self.discriminator = discriminator
         self.register_buffer("pool", torch.zeros(self.steps, self.particles, *shape))
         self.register_buffer("pool_ready", torch.tensor(False))
@@ -246,13 +247,10 @@ class ScoreGAN(LatentFamily):
 
         name = type(self).__name__
         shape = event_shape_of(name, dim, event_shape)
-        check_module(name, "generator", generator)
+        _checks.optional(_checks.module, name, "generator", generator)
         if score_nets is not None:
-            if not (isinstance(score_nets, (tuple, list)) and len(score_nets) == 2):
-                raise TypeError(f"{name}: `score_nets` must be a pair (data_net, fake_net) of modules; got "
-                                f"{type(score_nets).__name__}")
-            for net in score_nets:
-                check_module(name, "score_nets", net)
+            _checks.sequence(name, "score_nets", score_nets, lambda where, key, net: _checks.optional(
+                _checks.module, where, key, net), length=2)
             if score_hidden is not None:
                 raise ValueError(f"{name}: `score_hidden` configures the default score networks; it cannot be "
                                  f"given with `score_nets`")
@@ -261,7 +259,7 @@ class ScoreGAN(LatentFamily):
         latent_shape, generator = build_generator(name, shape, latent_dim, latent_shape, generator, hidden,
                                                   activation, channels)
         super().__init__(None, latent_shape, event_shape=shape, base=base, normalize=normalize)
-        self.generator_every = check_int(name, "generator_every", generator_every)
+        self.generator_every = _checks.integer(name, "generator_every", generator_every, 1)
         self.generator = generator
         # Both score models see standardised data (sigma_data = 1).
         if score_nets is None and len(shape) == 1:

@@ -18,11 +18,11 @@ out_channels)``.
 
 from __future__ import annotations
 
-import numbers
 
 import torch
 from torch import nn
 
+from pyprobtf import _checks
 from pyprobtf.families._nets import MLP, FourierFeatures, check_activation, check_hidden
 from pyprobtf.ops import affine_coupling
 from pyprobtf.transform import ProbabilityTransform, Trajectory, check_net_output
@@ -164,12 +164,10 @@ class RealNVP(ProbabilityTransform):
             raise ValueError(f"{name}: event_shape must be (dim,) or an image shape (C, H, W); got "
                              f"{self.event_shape}")
         dim = self.dim
-        if isinstance(layers, bool) or not isinstance(layers, numbers.Integral) or layers < 1:
-            raise ValueError(f"{name}: `layers` must be a positive int; got {layers!r}")
+        layers = _checks.integer(name, "layers", layers, 1)
         hidden = check_hidden(name, hidden)
         check_activation(name, activation)
-        if permutation not in ("random", "reverse", None):
-            raise ValueError(f"{name}: `permutation` must be 'random', 'reverse' or None; got {permutation!r}")
+        _checks.choice(name, "permutation", permutation, ("random", "reverse", None))
         for k in range(layers):
             block = nn.ModuleList()
             if actnorm:
@@ -193,8 +191,7 @@ class RealNVP(ProbabilityTransform):
             raise ValueError(f"{name}: the image (multi-scale) RealNVP is unconditional; got a context")
         for key, value, low in (("levels", levels, 1), ("checkerboard", checkerboard, 0), ("channel", channel, 0),
                                 ("final", final, 1)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name}: `{key}` must be an int >= {low}; got {value!r}")
+            _checks.integer(name, key, value, low)
         c, hh, ww = self.event_shape
         factor = 2 ** (levels - 1)
         if hh % factor or ww % factor:
@@ -203,11 +200,9 @@ class RealNVP(ProbabilityTransform):
         if scale_fn not in ("exp", "softclamp"):
             raise ValueError(f"{name}: image shapes need scale_fn 'exp' or 'softclamp' (the checkerboard masks "
                              f"rely on a log-scale of 0 for 0); got {scale_fn!r}")
-        if not isinstance(factor_out, bool):
-            raise TypeError(f"{name}: `factor_out` must be a bool; got {type(factor_out).__name__}")
-        if conditioner is not None and not callable(conditioner):
-            raise TypeError(f"{name}: `conditioner` must be a factory (in_channels, out_channels) -> nn.Module; "
-                            f"got {type(conditioner).__name__}")
+        _checks.boolean(name, "factor_out", factor_out)
+        _checks.optional(_checks.callable_, name, "conditioner", conditioner,
+                         "factory (in_channels, out_channels) -> nn.Module")
         self.fit_defaults = dict(self.image_fit_defaults)
         self.flow = MultiScaleFlow(self.event_shape, levels=levels, checkerboard=checkerboard, channel=channel,
                                    final=final, factor_out=factor_out,

@@ -39,7 +39,7 @@ import math
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, constraints
 
-from pyprobtf.families._latent import check_int, check_real
+from pyprobtf import _checks
 from pyprobtf.transform import ProbabilityTransform, TransformDistribution
 
 
@@ -154,14 +154,14 @@ class Tempered(ProbabilityTransform):
                          num_classes=model.num_classes)
         self.model = model
         self.token_family = hasattr(model, "sampling_options")
-        self.top_p = check_real("Tempered", "top_p", top_p, 0.0, 1.0, low_open=True)
+        self.top_p = _checks.real("Tempered", "top_p", top_p, 0, 1, low_open=True)
         if self.token_family:
-            self.temperature = check_real("Tempered", "temperature", temperature)
+            self.temperature = _checks.real("Tempered", "temperature", temperature, 0)
             self.options = {"temperature": self.temperature, "top_p": self.top_p,
-                            "top_k": check_int("Tempered", "top_k", top_k, 0),
-                            "min_p": check_real("Tempered", "min_p", min_p, 0.0, 1.0, high_open=True)}
+                            "top_k": _checks.integer("Tempered", "top_k", top_k, 0),
+                            "min_p": _checks.real("Tempered", "min_p", min_p, 0, 1, high_open=True)}
         else:
-            self.temperature = check_real("Tempered", "temperature", temperature, 0.0, low_open=True)
+            self.temperature = _checks.real("Tempered", "temperature", temperature, 0, low_open=True)
             for name, value, default in (("top_k", top_k, 0), ("min_p", min_p, 0.0)):
                 if value != default:
                     raise ValueError(f"Tempered: `{name}` applies to token families (Autoregressive, VQVAE) only; "

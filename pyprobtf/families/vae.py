@@ -36,10 +36,10 @@ import math
 import torch
 from torch import nn
 
-from pyprobtf.families._latent import (LatentFamily, SplitMLP, check_choice, check_int, check_module, check_real,
-                                       default_latent_dim, default_channels, event_shape_of, is_image, probe_shape,
-                                       resolve_latent_shape, sum_event, vector_options)
-from pyprobtf.transform import _check_count, check_net_output, seeded
+from pyprobtf import _checks
+from pyprobtf.families._latent import (LatentFamily, SplitMLP, default_latent_dim, default_channels, event_shape_of,
+                                       is_image, probe_shape, resolve_latent_shape, sum_event, vector_options)
+from pyprobtf.transform import check_net_output, seeded
 
 PRIORS = (None, "gaussian", "realnvp")
 _LOG_2PI = math.log(2 * math.pi)
@@ -59,8 +59,8 @@ def build_encoder_decoder(owner, event_shape, latent_dim, latent_shape, encoder,
     """``(latent_shape, encoder, decoder, defaults)``: the user's networks (both or neither), else the defaults:
     an MLP pair for vectors, a :class:`~pyprobtf.nn.ConvEncoder`/:class:`~pyprobtf.nn.ConvDecoder` pair for images.
     With the user's networks and no latent shape given, the latent shape is read off one call of the encoder."""
-    check_module(owner, "encoder", encoder)
-    check_module(owner, "decoder", decoder)
+    _checks.optional(_checks.module, owner, "encoder", encoder)
+    _checks.optional(_checks.module, owner, "decoder", decoder)
     if (encoder is None) != (decoder is None):
         raise ValueError(f"{owner}: give both `encoder` and `decoder`, or neither (for the defaults)")
     given = encoder is not None
@@ -149,7 +149,7 @@ class VAE(LatentFamily):
                  prior: str | None = "auto", prior_layers: int = 6, prior_hidden=(64, 64), base=None,
                  normalize: bool = True):
         name = type(self).__name__
-        check_choice(name, "prior", prior, PRIORS + ("auto",))
+        _checks.choice(name, "prior", prior, PRIORS + ("auto",))
         shape = event_shape_of(name, dim, event_shape)
         if prior == "auto":
             # Images with the default networks get a learned prior: under a standard-normal prior the decoder
@@ -178,9 +178,9 @@ class VAE(LatentFamily):
         if prior == "realnvp" and not self_built:
             base = realnvp_prior(latent_shape)
         super().__init__(None, latent_shape, event_shape=shape, base=base, normalize=normalize)
-        self.beta = check_real(name, "beta", beta)
-        self.n_samples = check_int(name, "n_samples", n_samples)
-        self.min_decoder_std = check_real(name, "min_decoder_std", min_decoder_std, 0.0, low_open=True)
+        self.beta = _checks.real(name, "beta", beta, 0)
+        self.n_samples = _checks.integer(name, "n_samples", n_samples, 1)
+        self.min_decoder_std = _checks.real(name, "min_decoder_std", min_decoder_std, 0, low_open=True)
         self.encoder, self.decoder = encoder, decoder
         # The default encoder's log-std starts near exp(-1) and stays in a soft [-7, 5] range; yours is used as
         # it comes.
@@ -190,7 +190,7 @@ class VAE(LatentFamily):
         else:
             if isinstance(decoder_std, str):
                 raise ValueError(f"{name}: `decoder_std` must be 'learned' or a positive number; got {decoder_std!r}")
-            std = check_real(name, "decoder_std", decoder_std, 0.0, low_open=True)
+            std = _checks.real(name, "decoder_std", decoder_std, 0, low_open=True)
             self.register_buffer("decoder_log_std", torch.full(self.event_shape, math.log(std)))
 
     # -------------------------------------------------------------- the networks
@@ -238,7 +238,7 @@ class VAE(LatentFamily):
         """The evidence lower bound per row of ``x`` (nats, data units), averaged over ``n_samples`` draws of
         ``z ~ q(z|x)``; shape ``(B,)``. Without gradients when called under ``torch.no_grad``."""
         x = self.check_x(x, "elbo")
-        n_samples = check_int(self._name("elbo"), "n_samples", n_samples)
+        n_samples = _checks.integer(self._name("elbo"), "n_samples", n_samples, 1)
         if x.shape[0] == 0:
             return x.new_zeros(0)
         with seeded(seed, self.device):
@@ -254,8 +254,8 @@ class VAE(LatentFamily):
         empty result."""
         x = self.check_x(x, "log_prob")
         where = self._name("log_prob")
-        n_samples = self.n_samples if n_samples is None else check_int(where, "n_samples", n_samples)
-        chunk = check_int(where, "chunk", chunk)
+        n_samples = self.n_samples if n_samples is None else _checks.integer(where, "n_samples", n_samples, 1)
+        chunk = _checks.integer(where, "chunk", chunk, 1)
         if x.shape[0] == 0:  # torch's Independent.log_prob cannot reshape an empty batch
             return x.new_zeros(0)
         with seeded(seed, self.device):
@@ -288,7 +288,7 @@ class VAE(LatentFamily):
     def sample(self, n: int, *, seed: int | None = None, noise: bool = False, context=None) -> torch.Tensor:
         """``n`` samples ``F(z)``, ``z ~ p(z)`` (decoder means); ``noise=True`` adds the decoder's Gaussian noise,
         giving draws of the full generative model whose density ``log_prob`` bounds."""
-        n = _check_count(n, self._name("sample"))
+        n = _checks.integer(self._name("sample"), "n", n, 0)
         self.check_context(context, n, "sample")
         with torch.no_grad(), seeded(seed, self.device):
             y = self.decoded(self.base.sample((n,)).to(self.dtype))

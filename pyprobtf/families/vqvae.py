@@ -36,12 +36,12 @@ from torch.distributions import Independent, Uniform
 
 from torch import nn
 
-from pyprobtf.families._latent import (LatentFamily, check_choice, check_int, check_module, check_real,
-                                       default_latent_dim, event_shape_of, is_image, probe_shape)
+from pyprobtf import _checks
+from pyprobtf.families._latent import LatentFamily, default_latent_dim, event_shape_of, is_image, probe_shape
 from pyprobtf.families._nets import MLP
 from pyprobtf.families.autoregressive import SAMPLING_OPTIONS, Autoregressive
 from pyprobtf.families.gan import image_or_vector_options
-from pyprobtf.transform import Trajectory, _check_count, check_net_output
+from pyprobtf.transform import Trajectory, check_net_output
 
 VQ_PRIORS = ("autoregressive", "uniform")
 
@@ -119,8 +119,8 @@ class VQVAE(LatentFamily):
                  normalize: bool = True):
         name = type(self).__name__
         shape = event_shape_of(name, dim, event_shape)
-        check_module(name, "encoder", encoder)
-        check_module(name, "decoder", decoder)
+        _checks.optional(_checks.module, name, "encoder", encoder)
+        _checks.optional(_checks.module, name, "decoder", decoder)
         if (encoder is None) != (decoder is None):
             raise ValueError(f"{name}: give both `encoder` and `decoder`, or neither (for the defaults)")
         given = encoder is not None
@@ -142,7 +142,7 @@ class VQVAE(LatentFamily):
                 raise ValueError(f"{name}: `code_dim` ({code_dim!r}) differs from the encoder's channels "
                                  f"({code_shape[0]})")
         else:
-            code_dim = 4 if code_dim is None else check_int(name, "code_dim", code_dim)
+            code_dim = 4 if code_dim is None else _checks.integer(name, "code_dim", code_dim, 1)
             if is_image(shape):
                 from pyprobtf.nn.conv import ConvDecoder, ConvEncoder
 
@@ -154,7 +154,7 @@ class VQVAE(LatentFamily):
                 encoder = ConvEncoder(shape, code_shape, channels=channels)
                 decoder = ConvDecoder(code_shape, shape, channels=channels)
             else:
-                n_slots = check_int(name, "slots", default_latent_dim(math.prod(shape), slots, 8))
+                n_slots = _checks.integer(name, "slots", default_latent_dim(math.prod(shape), slots, 8), 1)
                 code_shape = (code_dim, n_slots)
                 if len(shape) != 1:
                     raise ValueError(f"{name}: the default networks take vectors (d,) or images (C, H, W); give "
@@ -168,11 +168,11 @@ class VQVAE(LatentFamily):
         self.code_dim = self.code_shape[0]
         super().__init__(None, (math.prod(self.code_shape[1:]),), event_shape=shape, normalize=normalize)
         self.slots = self.latent_dim
-        self.num_codes = check_int(name, "num_codes", num_codes)
-        self.prior_type = check_choice(name, "prior", prior, VQ_PRIORS)
-        check_real(name, "beta", beta)
-        check_real(name, "decay", decay, 0.0, 1.0, high_open=True)
-        check_real(name, "dead_code_threshold", dead_code_threshold)
+        self.num_codes = _checks.integer(name, "num_codes", num_codes, 1)
+        self.prior_type = _checks.choice(name, "prior", prior, VQ_PRIORS)
+        _checks.real(name, "beta", beta, 0)
+        _checks.real(name, "decay", decay, 0, 1, high_open=True)
+        _checks.real(name, "dead_code_threshold", dead_code_threshold, 0)
         self.encoder, self.decoder = encoder, decoder
         self.vq = _vector_quantizer()(self.num_codes, self.code_dim, beta=float(beta), ema=ema, decay=float(decay),
                                       kmeans_init=kmeans_init, dead_code_threshold=float(dead_code_threshold))
@@ -271,7 +271,7 @@ class VQVAE(LatentFamily):
 
     def sample(self, n: int, *, seed: int | None = None, context=None, **sampling) -> torch.Tensor:
         """``n`` samples; with the autoregressive prior the indices come from its per-row Philox streams."""
-        n = _check_count(n, self._name("sample"))
+        n = _checks.integer(self._name("sample"), "n", n, 0)
         if self.code_prior is None:
             return super().sample(n, seed=seed, context=context)
         self.check_context(context, n, "sample")

@@ -1,53 +1,16 @@
-"""Argument checks, time grids, noise counters and progress display shared by the solvers."""
+"""Time grids, seeds, noise counters and progress display shared by the solvers (their other argument checks are
+:mod:`pyprobtf._checks`)."""
 
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 from collections.abc import Iterable, Iterator
 
 import torch
 
-from pyprobtf.ops import _validate
-
-
-def is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_callable(fn: str, name: str, value) -> None:
-    if not callable(value):
-        raise TypeError(f"{fn}: `{name}` must be a callable f(x, t); got {type(value).__name__}")
-
-
-def check_state(fn: str, name: str, x) -> torch.Tensor:
-    """A floating-point state of shape (B, ...)."""
-    return _validate.tensor(fn, name, x, min_dim=1)
-
-
-def check_choice(fn: str, name: str, value, choices) -> str:
-    return _validate.choice(fn, name, value, tuple(choices))
-
-
-def real(fn: str, name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
-    """A finite real number, optionally > (strict) or >= ``minimum``."""
-    if not is_real(value):
-        raise TypeError(f"{fn}: `{name}` must be a real number; got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{fn}: `{name}` must be finite; got {value}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{fn}: `{name}` must be {'>' if strict else '>='} {minimum}; got {value}")
-    return value
-
-
-def integer(fn: str, name: str, value, *, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{fn}: `{name}` must be an integer; got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{fn}: `{name}` must be >= {minimum}; got {value}")
-    return int(value)
+from pyprobtf import _checks
+from pyprobtf.seeds import INTEGER_TENSOR_DTYPES, check_seed as check_seed_int
 
 
 def time_grid(fn: str, times, *, name: str = "times", min_len: int = 2) -> list[float]:
@@ -70,11 +33,7 @@ def time_grid(fn: str, times, *, name: str = "times", min_len: int = 2) -> list[
     for i, v in enumerate(values):
         if isinstance(v, torch.Tensor) and v.dim() == 0:
             v = v.item()
-        if not is_real(v):
-            raise TypeError(f"{fn}: `{name}[{i}]` must be a real number; got {type(v).__name__}")
-        if not math.isfinite(v):
-            raise ValueError(f"{fn}: `{name}[{i}]` must be finite; got {v}")
-        values[i] = float(v)
+        values[i] = _checks.real(fn, f"{name}[{i}]", v)
     if len(values) < min_len:
         raise ValueError(f"{fn}: `{name}` must have at least {min_len} entries; got {len(values)}")
     if len(values) >= 2:
@@ -91,9 +50,10 @@ def time_grid(fn: str, times, *, name: str = "times", min_len: int = 2) -> list[
 
 
 def check_seed(fn: str, seed, x: torch.Tensor):
-    """An integer or a (B,) integer tensor on ``x``'s device (per-row, batch-invariant noise)."""
+    """A seed (:mod:`pyprobtf.seeds`) or a (B,) integer tensor of them on ``x``'s device (per-row,
+    batch-invariant noise)."""
     if isinstance(seed, torch.Tensor):
-        if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
+        if seed.dtype not in INTEGER_TENSOR_DTYPES:
             raise TypeError(f"{fn}: `seed` must be an integer or an integer tensor of shape (B,); got dtype "
                             f"{seed.dtype}")
         if seed.shape != (x.shape[0],):
@@ -102,10 +62,10 @@ def check_seed(fn: str, seed, x: torch.Tensor):
         if seed.device != x.device:
             raise ValueError(f"{fn}: `seed` must be on the device of the state, {x.device}; got {seed.device}")
         return seed
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+    if not _checks.is_integer(seed):
         raise TypeError(f"{fn}: `seed` must be an integer or an integer tensor of shape (B,); got "
                         f"{type(seed).__name__}")
-    return int(seed)
+    return check_seed_int(seed, fn)
 
 
 class NoiseCounter:

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from pyprobtf.ops import _validate, lincomb
+from pyprobtf.ops import lincomb
+from pyprobtf import _checks
 from pyprobtf.solvers import _common
 
 
@@ -24,11 +25,12 @@ def langevin_step(score: Callable, x: torch.Tensor, t: float, step_size, *, seed
 
 def _step_size(fn: str, step_size, x: torch.Tensor):
     if isinstance(step_size, torch.Tensor):
-        if step_size.shape != (x.shape[0],) or not step_size.dtype.is_floating_point:
+        _checks.tensor(fn, "step_size", step_size)
+        if step_size.shape != (x.shape[0],):
             raise ValueError(f"{fn}: `step_size` must be a positive number or a floating-point tensor of shape "
-                             f"(B,) = ({x.shape[0]},); got {step_size.dtype} of shape {tuple(step_size.shape)}")
+                             f"(B,) = ({x.shape[0]},); got shape {tuple(step_size.shape)}")
         return step_size
-    return _common.real(fn, "step_size", step_size, minimum=0.0, strict=True)
+    return _checks.real(fn, "step_size", step_size, 0, low_open=True)
 
 
 def langevin(score: Callable, x0: torch.Tensor, *, step_size, n_steps: int, t: float = 0.0, seed=0,
@@ -50,11 +52,11 @@ def langevin(score: Callable, x0: torch.Tensor, *, step_size, n_steps: int, t: f
         >>> x = langevin(lambda x, t: 2.0 - x, torch.zeros(4096, 1), step_size=0.05, n_steps=500, seed=3)
     """
     fn = "langevin"
-    _common.check_callable(fn, "score", score)
-    _common.check_state(fn, "x0", x0)
+    _checks.callable_(fn, "score", score, "f(x, t)")
+    _checks.tensor(fn, "x0", x0, min_dim=1)
     step_size = _step_size(fn, step_size, x0)
-    n_steps = _common.integer(fn, "n_steps", n_steps, minimum=0)
-    t = _common.real(fn, "t", t)
+    n_steps = _checks.integer(fn, "n_steps", n_steps, 0)
+    t = _checks.real(fn, "t", t)
     seed = _common.check_seed(fn, seed, x0)
     counter = _common.NoiseCounter(seed, x0)
 
@@ -89,14 +91,14 @@ def annealed_langevin(score: Callable, x0: torch.Tensor, sigmas, *, n_steps_each
         backend, callback, progress: as :func:`langevin` (``callback(i, sigma, x)``).
     """
     fn = "annealed_langevin"
-    _common.check_callable(fn, "score", score)
-    _common.check_state(fn, "x0", x0)
+    _checks.callable_(fn, "score", score, "f(x, t)")
+    _checks.tensor(fn, "x0", x0, min_dim=1)
     levels = _common.time_grid(fn, sigmas, name="sigmas", min_len=1)
     if (len(levels) > 1 and levels[1] > levels[0]) or levels[-1] <= 0:
         raise ValueError(f"{fn}: `sigmas` must be decreasing and positive; got {levels[:3]}...{levels[-1:]}")
-    n_steps_each = _common.integer(fn, "n_steps_each", n_steps_each, minimum=1)
-    eps = _common.real(fn, "eps", eps, minimum=0.0, strict=True)
-    _validate.boolean(fn, "denoise", denoise)
+    n_steps_each = _checks.integer(fn, "n_steps_each", n_steps_each, 1)
+    eps = _checks.real(fn, "eps", eps, 0, low_open=True)
+    _checks.boolean(fn, "denoise", denoise)
     seed = _common.check_seed(fn, seed, x0)
     counter = _common.NoiseCounter(seed, x0)
     sigma_min = levels[-1]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from pyprobtf.ops import lincomb
+from pyprobtf import _checks
 from pyprobtf.solvers import _common
 from pyprobtf.solvers.ode import STEPS, WEIGHTS
 
@@ -110,13 +111,13 @@ def log_prob_ode(field: Callable, x: torch.Tensor, times, base, *, divergence: s
         >>> log_prob, z = log_prob_ode(flow_field, x, uniform_times(20, 0.0, 1.0), base)
     """
     fn = "log_prob_ode"
-    _common.check_callable(fn, "field", field)
-    _common.check_state(fn, "x", x)
+    _checks.callable_(fn, "field", field, "f(x, t)")
+    _checks.tensor(fn, "x", x, min_dim=1)
     ts = _common.time_grid(fn, times)
-    _common.check_choice(fn, "divergence", divergence, DIVERGENCES)
-    _common.check_choice(fn, "method", method, tuple(STEPS))
-    _common.check_choice(fn, "probe", probe, PROBES)
-    n_probes = _common.integer(fn, "n_probes", n_probes, minimum=1)
+    _checks.choice(fn, "divergence", divergence, DIVERGENCES)
+    _checks.choice(fn, "method", method, tuple(STEPS))
+    _checks.choice(fn, "probe", probe, PROBES)
+    n_probes = _checks.integer(fn, "n_probes", n_probes, 1)
     seed = _common.check_seed(fn, seed, x)
     if not isinstance(base, torch.distributions.Distribution):
         raise TypeError(f"{fn}: `base` must be a torch.distributions.Distribution; got {type(base).__name__}")

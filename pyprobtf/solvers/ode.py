@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from pyprobtf.ops import lincomb
+from pyprobtf import _checks
 from pyprobtf.solvers import _common
 from pyprobtf.solvers.predictions import EDMField
 
@@ -194,10 +195,10 @@ def sample_ode(field: Field, x0: torch.Tensor, times, *, method: str = "heun", r
         >>> x1 = sample_ode(field, torch.ones(4, 2), uniform_times(10, 0.0, 1.0), method="rk4")
     """
     fn = "sample_ode"
-    _common.check_callable(fn, "field", field)
-    _common.check_state(fn, "x0", x0)
+    _checks.callable_(fn, "field", field, "f(x, t)")
+    _checks.tensor(fn, "x0", x0, min_dim=1)
     ts = _common.time_grid(fn, times)
-    _common.check_choice(fn, "method", method, METHODS)
+    _checks.choice(fn, "method", method, METHODS)
     if method == "dpmpp_2m":
         check_dpm_grid(fn, ts)
     history = None

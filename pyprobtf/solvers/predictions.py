@@ -13,13 +13,11 @@ So every conversion is one :func:`~pyprobtf.ops.lincomb` pass.
 
 from __future__ import annotations
 
-import math
-import numbers
 
 import torch
 
 from pyprobtf.ops import lincomb
-from pyprobtf.solvers import _common
+from pyprobtf import _checks
 
 PREDICTIONS = ("denoised", "epsilon", "score", "velocity")
 
@@ -53,12 +51,9 @@ def _scale(fn: str, name: str, value, x: torch.Tensor):
             raise ValueError(f"{fn}: `{name}` must be a number or a tensor of shape (B,) = ({x.shape[0]},); "
                              f"got shape {tuple(value.shape)}")
         return value
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not _checks.is_real(value):
         raise TypeError(f"{fn}: `{name}` must be a real number or a (B,) tensor; got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{fn}: `{name}` must be non-negative and finite; got {value}")
-    return value
+    return _checks.real(fn, name, value, 0)
 
 
 def convert_prediction(prediction: torch.Tensor, x: torch.Tensor, *, source: str, target: str, alpha=1.0,
@@ -79,9 +74,9 @@ def convert_prediction(prediction: torch.Tensor, x: torch.Tensor, *, source: str
         >>> d = convert_prediction(eps, x, source="epsilon", target="denoised", alpha=a, sigma=s)
     """
     fn = "convert_prediction"
-    _common.check_choice(fn, "source", source, PREDICTIONS)
-    _common.check_choice(fn, "target", target, PREDICTIONS)
-    _common.check_state(fn, "x", x)
+    _checks.choice(fn, "source", source, PREDICTIONS)
+    _checks.choice(fn, "target", target, PREDICTIONS)
+    _checks.tensor(fn, "x", x, min_dim=1)
     alpha = _scale(fn, "alpha", alpha, x)
     sigma = _scale(fn, "sigma", sigma, x)
     if source == target:
@@ -104,7 +99,7 @@ class EDMField:
     """
 
     def __init__(self, denoiser, backend: str = "auto"):
-        _common.check_callable("edm_field", "denoiser", denoiser)
+        _checks.callable_("edm_field", "denoiser", denoiser, "D(x, sigma)")
         self.denoiser = denoiser
         self.backend = backend
 

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from pyprobtf.solvers import _common
+from pyprobtf import _checks
 from pyprobtf.solvers.predictions import PREDICTIONS, convert_prediction
 
 
@@ -33,10 +33,10 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
         [80.0, 2.515218976147159, 0.002, 0.0]
     """
     fn = "karras_sigmas"
-    n = _common.integer(fn, "n", n, minimum=1)
-    sigma_min = _common.real(fn, "sigma_min", sigma_min, minimum=0.0, strict=True)
-    sigma_max = _common.real(fn, "sigma_max", sigma_max, minimum=0.0, strict=True)
-    rho = _common.real(fn, "rho", rho, minimum=0.0, strict=True)
+    n = _checks.integer(fn, "n", n, 1)
+    sigma_min = _checks.real(fn, "sigma_min", sigma_min, 0, low_open=True)
+    sigma_max = _checks.real(fn, "sigma_max", sigma_max, 0, low_open=True)
+    rho = _checks.real(fn, "rho", rho, 0, low_open=True)
     if n > 1 and not sigma_max > sigma_min:
         raise ValueError(f"{fn}: `sigma_max` must be > `sigma_min` ({sigma_min}); got {sigma_max}")
     lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
@@ -55,9 +55,9 @@ def uniform_times(n_steps: int, t_start: float, t_end: float) -> list[float]:
         [1.0, 0.75, 0.5, 0.25, 0.0]
     """
     fn = "uniform_times"
-    n_steps = _common.integer(fn, "n_steps", n_steps, minimum=1)
-    t_start = _common.real(fn, "t_start", t_start)
-    t_end = _common.real(fn, "t_end", t_end)
+    n_steps = _checks.integer(fn, "n_steps", n_steps, 1)
+    t_start = _checks.real(fn, "t_start", t_start)
+    t_end = _checks.real(fn, "t_end", t_end)
     if t_start == t_end:
         raise ValueError(f"{fn}: `t_start` and `t_end` must differ; both are {t_start}")
     times = [t_start + (t_end - t_start) * i / n_steps for i in range(n_steps + 1)]
@@ -135,8 +135,8 @@ class VPSchedule:
     # ------------------------------------------------------------------ model wrappers
 
     def _epsilon(self, model, prediction: str, backend: str):
-        _common.check_callable(type(self).__name__, "model", model)
-        _common.check_choice(type(self).__name__, "prediction", prediction, PREDICTIONS)
+        _checks.callable_(type(self).__name__, "model", model, "model(x, t)")
+        _checks.choice(type(self).__name__, "prediction", prediction, PREDICTIONS)
 
         def epsilon(x, t):
             out = model(x, t)
@@ -184,8 +184,8 @@ class VPLinear(VPSchedule):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
         fn = "vp_linear"
-        self.beta_min = _common.real(fn, "beta_min", beta_min, minimum=0.0)
-        self.beta_max = _common.real(fn, "beta_max", beta_max, minimum=0.0)
+        self.beta_min = _checks.real(fn, "beta_min", beta_min, 0)
+        self.beta_max = _checks.real(fn, "beta_max", beta_max, 0)
         if not self.beta_max > self.beta_min:
             raise ValueError(f"{fn}: `beta_max` must be > `beta_min` ({self.beta_min}); got {self.beta_max}")
 
@@ -212,7 +212,7 @@ class VPCosine(VPSchedule):
     """
 
     def __init__(self, s: float = 0.008):
-        self.s = _common.real("vp_cosine", "s", s, minimum=0.0)
+        self.s = _checks.real("vp_cosine", "s", s, 0)
         self._log_f0 = 2.0 * math.log(math.cos(self.s / (1.0 + self.s) * math.pi / 2))
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from pyprobtf.ops import lincomb
+from pyprobtf import _checks
 from pyprobtf.solvers import _common
 from pyprobtf.solvers.predictions import PREDICTIONS, EDMField
 
@@ -30,7 +31,7 @@ def _noise_scale(g, x: torch.Tensor, sqrt_h: float):
 
     ``g dW`` and ``|g| dW`` have the same law (the noise is symmetric), so the sign of ``g`` is dropped.
     """
-    if _common.is_real(g):
+    if _checks.is_real(g):
         return abs(float(g)) * sqrt_h, None
     if not isinstance(g, torch.Tensor):
         raise TypeError(f"sample_sde: `diffusion` must return a real number or a tensor; got {type(g).__name__}")
@@ -92,12 +93,12 @@ def sample_sde(drift: Callable, diffusion: Callable, x0: torch.Tensor, times, *,
         ...                uniform_times(200, 0.0, 5.0), seed=1)
     """
     fn = "sample_sde"
-    _common.check_callable(fn, "drift", drift)
-    _common.check_callable(fn, "diffusion", diffusion)
-    _common.check_state(fn, "x0", x0)
+    _checks.callable_(fn, "drift", drift, "f(x, t)")
+    _checks.callable_(fn, "diffusion", diffusion, "f(x, t)")
+    _checks.tensor(fn, "x0", x0, min_dim=1)
     ts = _common.time_grid(fn, times)
     seed = _common.check_seed(fn, seed, x0)
-    _common.check_choice(fn, "method", method, SDE_METHODS)
+    _checks.choice(fn, "method", method, SDE_METHODS)
     counter = _common.NoiseCounter(seed, x0)
 
     def step(x, t, t_next):
@@ -154,11 +155,11 @@ def sample_euler_ancestral(field: Callable, x0: torch.Tensor, sigmas, *, eta: fl
         seed, return_trajectory, backend, callback, progress: as :func:`sample_sde`.
     """
     fn = "sample_euler_ancestral"
-    _common.check_callable(fn, "field", field)
-    _common.check_state(fn, "x0", x0)
+    _checks.callable_(fn, "field", field, "f(x, t)")
+    _checks.tensor(fn, "x0", x0, min_dim=1)
     ts = _check_sigmas(fn, sigmas)
-    eta = _common.real(fn, "eta", eta, minimum=0.0)
-    s_noise = _common.real(fn, "s_noise", s_noise, minimum=0.0)
+    eta = _checks.real(fn, "eta", eta, 0)
+    s_noise = _checks.real(fn, "s_noise", s_noise, 0)
     seed = _common.check_seed(fn, seed, x0)
     counter = _common.NoiseCounter(seed, x0)
 
@@ -213,13 +214,13 @@ def sample_ddim(model: Callable, x0: torch.Tensor, times, schedule, *, eta: floa
         seed, return_trajectory, backend, callback, progress: as :func:`sample_sde`.
     """
     fn = "sample_ddim"
-    _common.check_callable(fn, "model", model)
-    _common.check_state(fn, "x0", x0)
+    _checks.callable_(fn, "model", model, "model(x, t)")
+    _checks.tensor(fn, "x0", x0, min_dim=1)
     ts = _common.time_grid(fn, times)
     if not ts[1] < ts[0]:
         raise ValueError(f"{fn}: `times` must decrease (from noise to data); got {ts[:3]}...")
-    eta = _common.real(fn, "eta", eta, minimum=0.0)
-    _common.check_choice(fn, "prediction", prediction, PREDICTIONS)
+    eta = _checks.real(fn, "eta", eta, 0)
+    _checks.choice(fn, "prediction", prediction, PREDICTIONS)
     seed = _common.check_seed(fn, seed, x0)
     eps_model = schedule._epsilon(model, prediction, backend)
     counter = _common.NoiseCounter(seed, x0)
