@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from pyprobtf import reference
-from pyprobtf.ops import _native, _registry, _validate
+from pyprobtf import _checks, reference
+from pyprobtf.ops import _native, _registry
 
 OP = "affine_coupling"
 SCALE_FNS = {"exp": 0, "softclamp": 1, "sigmoid": 2, "softclip": 3, "sigmoid_eps": 4, "inv_sigmoid": 5}
@@ -172,12 +172,12 @@ def affine_coupling(
         >>> y, ladj = affine_coupling(x, shift, scale)
         >>> x_back, minus_ladj = affine_coupling(y, shift, scale, inverse=True)
     """
-    _validate.tensor(OP, "x", x, min_dim=1)
-    _validate.same_as(OP, "shift", shift, "x", x)
-    _validate.same_as(OP, "scale", scale, "x", x)
-    _validate.choice(OP, "scale_fn", scale_fn, tuple(SCALE_FNS))
-    clamp = _validate.positive_finite(OP, "clamp", clamp)
-    _validate.boolean(OP, "inverse", inverse)
+    _checks.tensor(OP, "x", x, min_dim=1)
+    _checks.same_as(OP, "shift", shift, "x", x)
+    _checks.same_as(OP, "scale", scale, "x", x)
+    _checks.choice(OP, "scale_fn", scale_fn, tuple(SCALE_FNS))
+    clamp = _checks.positive_finite(OP, "clamp", clamp)
+    _checks.boolean(OP, "inverse", inverse)
     _registry.check_backend(OP, backend)
     if _registry.use_custom_op(x, shift, scale):
         return _affine_coupling_op(x, shift, scale, scale_fn, clamp, inverse, backend)

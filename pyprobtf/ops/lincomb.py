@@ -29,8 +29,8 @@ from typing import Optional
 
 import torch
 
-from pyprobtf import reference, seeds
-from pyprobtf.ops import _native, _registry, _validate
+from pyprobtf import _checks, reference, seeds
+from pyprobtf.ops import _native, _registry
 
 OP = "lincomb"
 MAX_INPUTS = 4
@@ -321,10 +321,10 @@ def _number_or_rows(name: str, value, batch: int, ref: torch.Tensor) -> tuple[fl
     if type(value) is float:  # the common case first: a solver's step coefficients (checks cost per call)
         return value, None
     if isinstance(value, torch.Tensor):
-        return 0.0, _per_row(name, value, batch, ref, dtypes=_validate.FLOAT_DTYPES, kind="a floating-point")
+        return 0.0, _per_row(name, value, batch, ref, dtypes=_checks.FLOAT_DTYPES, kind="a floating-point")
     if not _is_real_number(value):
         raise TypeError(f"{OP}: `{name}` must be a real number or a tensor of shape (B,); got {type(value).__name__}")
-    return _validate.as_float(OP, name, value), None
+    return _checks.as_float(OP, name, value), None
 
 
 def _has_internal_overlap(t: torch.Tensor) -> bool:
@@ -357,9 +357,9 @@ def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
     if not 1 <= len(tensors) <= MAX_INPUTS:
         raise ValueError(f"{OP}: `tensors` must hold 1 to {MAX_INPUTS} tensors; got {len(tensors)}")
     tensors = list(tensors)
-    first = _validate.tensor(OP, "tensors[0]", tensors[0], min_dim=1)
+    first = _checks.tensor(OP, "tensors[0]", tensors[0], min_dim=1)
     for k in range(1, len(tensors)):
-        _validate.same_as(OP, f"tensors[{k}]", tensors[k], "tensors[0]", first)
+        _checks.same_as(OP, f"tensors[{k}]", tensors[k], "tensors[0]", first)
     if type(coeffs) not in (list, tuple) and (isinstance(coeffs, torch.Tensor) or not isinstance(coeffs, Sequence)):
         raise TypeError(f"{OP}: `coeffs` must be a list or tuple with one coefficient per tensor; "
                         f"got {type(coeffs).__name__}")
@@ -393,7 +393,7 @@ def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
     offset = seeds.signed_int64(seeds.check_counter(offset, OP))
 
     if out is not None:
-        _validate.same_as(OP, "out", out, "tensors[0]", first)
+        _checks.same_as(OP, "out", out, "tensors[0]", first)
         if _has_internal_overlap(out):
             raise ValueError(f"{OP}: `out` must not have several elements in one memory location "
                              f"(e.g. an expanded tensor); got shape {tuple(out.shape)} with strides {out.stride()}")

@@ -25,8 +25,8 @@ import numbers
 
 import torch
 
-from pyprobtf import reference, seeds
-from pyprobtf.ops import _registry, _validate
+from pyprobtf import _checks, reference, seeds
+from pyprobtf.ops import _registry
 from pyprobtf.reference.sampling import compute_dtype
 
 SAMPLE = "sample_logits"
@@ -83,7 +83,7 @@ def _number_param(op: str, name: str, value, integer: bool):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
         kind = "an integer" if integer else "a real number"
         raise TypeError(f"{op}: `{name}` must be {kind} or a (B,) tensor; got {type(value).__name__}")
-    value = int(value) if integer else _validate.as_float(op, name, value)
+    value = int(value) if integer else _checks.as_float(op, name, value)
     if not _in_range(name, value):
         raise ValueError(f"{op}: `{name}` {_RULES[name]}; got {value}")
     if integer:
@@ -118,7 +118,7 @@ def _param(op: str, name: str, value, logits: torch.Tensor, integer: bool = Fals
 
 
 def _check_logits(op: str, logits) -> None:
-    _validate.tensor(op, "logits", logits)
+    _checks.tensor(op, "logits", logits)
     if logits.dim() != 2:
         raise ValueError(f"{op}: `logits` must have shape (B, V); got shape {tuple(logits.shape)}")
     if logits.shape[1] == 0:
@@ -443,7 +443,7 @@ def sample_logits(
         raise ValueError(f"{SAMPLE}: give at most one of `uniform`, `seed` and `generator`; got {', '.join(sources)}")
     if seed is None and (isinstance(offset, torch.Tensor) or offset != 0):
         raise ValueError(f"{SAMPLE}: `offset` is the Philox counter and needs `seed`")
-    _validate.boolean(SAMPLE, "return_logprobs", return_logprobs)
+    _checks.boolean(SAMPLE, "return_logprobs", return_logprobs)
     _check_option(SAMPLE, check)
     _registry.check_backend(SAMPLE, backend)
     seed_t, seed_n, offset_t, offset_n = None, 0, None, 0

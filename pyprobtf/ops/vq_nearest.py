@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from pyprobtf import reference
-from pyprobtf.ops import _registry, _validate
+from pyprobtf import _checks, reference
+from pyprobtf.ops import _registry
 from pyprobtf.reference.vq_nearest import needs_overflow_rule
 
 OP = "vq_nearest"
@@ -130,10 +130,10 @@ def vq_nearest(
         >>> idx, dist = vq_nearest(z, codebook)              # (10000,), (10000,)
         >>> top4, d4 = vq_nearest(z, codebook, k=4, metric="cosine")  # (10000, 4)
     """
-    _validate.tensor(OP, "x", x)
+    _checks.tensor(OP, "x", x)
     if x.dim() != 2:
         raise ValueError(f"{OP}: `x` must be 2-D, (N, D); got shape {tuple(x.shape)}")
-    _validate.tensor(OP, "codebook", codebook)
+    _checks.tensor(OP, "codebook", codebook)
     if codebook.dim() != 2:
         raise ValueError(f"{OP}: `codebook` must be 2-D, (K, D); got shape {tuple(codebook.shape)}")
     if codebook.dtype != x.dtype:
@@ -146,9 +146,9 @@ def vq_nearest(
         )
     if codebook.shape[0] == 0:
         raise ValueError(f"{OP}: `codebook` must have at least one row; got shape {tuple(codebook.shape)}")
-    _validate.choice(OP, "metric", metric, tuple(METRICS))
-    k = _validate.integer(OP, "k", k, 1, codebook.shape[0])
-    _validate.choice(OP, "precision", precision, PRECISIONS)
+    _checks.choice(OP, "metric", metric, tuple(METRICS))
+    k = _checks.integer(OP, "k", k, 1, codebook.shape[0])
+    _checks.choice(OP, "precision", precision, PRECISIONS)
     _registry.check_backend(OP, backend)
     x, codebook = x.detach(), codebook.detach()
     if _registry.use_custom_op(x, codebook):
