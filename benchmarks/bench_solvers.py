@@ -456,7 +456,7 @@ def run(device: str = "cpu", quick: bool = False, compile_peer: bool | None = No
                      "sampler rows skipped")
     columns = ["part", "step", "impl", "ms", "speedup vs eager", "passes"]
     if any(COMPILED == r["impl"] for r in rows):
-        columns[5:5] = ["speedup vs torch.compile"]
+        columns.insert(columns.index("speedup vs eager") + 1, "speedup vs torch.compile")
         columns += ["compile s", "note"]
     columns += ["% of copy BW"] if bandwidth else []
     return rows, columns, notes
