@@ -248,7 +248,8 @@ def run(device: str = "cpu", quick: bool = False, compile_peer: bool | None = No
         flops = 2.0 * n * codes * dim
         tf32 = _tf32_matmul_flops(n, codes, dim, device) if device == "cuda" and not quick else None
         timings, compile_s = {}, {}
-        torch._dynamo.reset()  # a fresh compile per case, never a recompilation limit
+        if any(name in COMPILED for name, _ in contenders):
+            torch._dynamo.reset()  # a fresh compile per case, never a recompilation limit
         for name, make in contenders:
             fn = make(x, e, k)
             if fn is None:
