@@ -60,7 +60,9 @@ QUICK_SHAPE = (4, 4, 64, 64)
 # ----------------------------------------------------------------------------- eager updates
 # Each maker gets the state x and three "model outputs" a, b, c shaped like it, and returns
 # (eager update, our update, passes eager, passes ours). Sigmas are 0-d tensors in the eager
-# k-diffusion code (k-diffusion indexes a sigma tensor), Python floats in ours.
+# k-diffusion code (k-diffusion indexes a sigma tensor), Python floats in ours. The eager update is
+# written as functions of tensors, one per stretch between model calls, each decorated with `wrap`:
+# unchanged for eager, torch.compile for the compiled contender.
 
 
 def _t(v: float, like: torch.Tensor) -> torch.Tensor:
