@@ -8,6 +8,11 @@ one token per row:
   copy of them (the table says which);
 - sort-topk-topp: vLLM's PyTorch path: one ascending sort, the top-k and top-p
   masks from it, softmax, and the exponential-race draw ``argmax(probs / q)``;
+- torch.compile: the plain chain a user writes (hf-chain's math in plain
+  PyTorch: topk threshold, sort + softmax + cumsum top-p mask, softmax,
+  torch.multinomial) compiled by Inductor (mode="default", dynamic=False); the
+  first call (compilation) is reported as "compile s", not timed. Default in
+  full runs; --quick runs it only with --compile;
 - pyprobtf[reference]: this package's executable spec (it sorts, too);
 - pyprobtf[<backend>]: every compiled backend available on the device
   (not Triton's CPU interpreter), with per-row seeds (the serving case);
@@ -18,6 +23,7 @@ Logits look like a language model's: a few tokens far above a Gaussian body.
 "effective GB/s" is the bytes of logits read once, over the time.
 
 Usage: python benchmarks/bench_sampling.py [--device cpu|cuda] [--quick] [--out DIR] [--threads 1,2]
+       [--compile | --no-compile]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -108,6 +115,25 @@ def _sort_based(temperature, top_k, top_p):
     return run
 
 
+def _plain_compiled(temperature, top_k, top_p):
+    """torch.compile (Inductor, mode="default", dynamic=False) of the plain chain a user writes: the warpers'
+    math (temperature, top-k threshold, sort + softmax + cumsum top-p mask), softmax, torch.multinomial."""
+    def run(logits):
+        probs = torch.softmax(_hf_copy(logits, temperature, top_k, top_p), dim=-1)
+        return torch.multinomial(probs, num_samples=1).squeeze(1)
+    return torch.compile(run, mode="default", dynamic=False)
+
+
+def _first_call(fn):
+    """(seconds, None) of ``fn``'s first call, where torch.compile compiles, or (None, why it failed)."""
+    start = time.perf_counter()
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 (e.g. Inductor finds no C++ compiler: skip the contender)
+        return None, f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return time.perf_counter() - start, None
+
+
 def _ours(backend, temperature, top_k, top_p):
     def run(logits, seeds):
         return sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, seed=seeds,
@@ -160,16 +186,20 @@ def _cases(device: str, quick: bool):
     return [(b, v, p) for b, v in shapes for p in PARAMS]
 
 
-def run(device: str = "cpu", quick: bool = False, threads=(None,)):
+def run(device: str = "cpu", quick: bool = False, threads=(None,), compile_peer: bool | None = None):
     """(rows, columns, notes) of the benchmark on ``device``, once per CPU thread count in ``threads``
-    (None: torch's current setting)."""
+    (None: torch's current setting); ``compile_peer`` (default: not ``quick``) adds the torch.compile
+    contender."""
+    if compile_peer is None:
+        compile_peer = not quick
+    compile_failure = [None]
     default = torch.get_num_threads()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows_out, notes = [], []
     try:
         for n in threads:
             torch.set_num_threads(n or default)
-            rows, notes = _run(device, quick)
+            rows, notes = _run(device, quick, compile_peer, compile_failure)
             rows_out += [{"threads": torch.get_num_threads(), **row} for row in rows]
     finally:
         torch.set_num_threads(default)
@@ -179,10 +209,15 @@ def run(device: str = "cpu", quick: bool = False, threads=(None,)):
         notes.append(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (OpenMP threads sleep instead of spinning "
                      "while they wait: on a machine whose cores are shared, spinning workers make every parallel "
                      "region, torch's and pyprobtf's, wait for a scheduler time slice).")
-    return rows_out, ["threads"] + COLUMNS, notes
+    columns = ["threads"] + COLUMNS
+    if any(r["impl"] == COMPILED for r in rows_out):
+        columns.insert(columns.index("speedup vs hf-chain") + 1, "speedup vs torch.compile")
+        columns += ["compile s"]
+    return rows_out, columns, notes
 
 
-def _run(device: str, quick: bool):
+def _run(device: str, quick: bool, compile_peer: bool, compile_failure: list):
+    """Rows and notes at torch's current thread count; ``compile_failure[0]`` keeps why torch.compile failed."""
     statuses = pyprobtf.ops.available_backends()
     backends = [b for b in ("cpp", "triton", "cuda") if device in statuses[b].devices]
     if device == "cpu" and "triton" in backends:
@@ -201,6 +236,15 @@ def _run(device: str, quick: bool):
         contenders["sort-topk-topp"] = lambda: sort_based(logits)
         ref = _reference(temperature, top_k, top_p)
         contenders["pyprobtf[reference]"] = lambda: ref(logits)
+        compile_s = None
+        if compile_peer and compile_failure[0] is None:
+            torch._dynamo.reset()  # a fresh compile per case, never a recompilation limit
+            compiled = _plain_compiled(temperature, top_k, top_p)
+            compile_s, compile_failure[0] = _first_call(lambda: compiled(logits))
+            if compile_failure[0] is None:
+                contenders[COMPILED] = lambda: compiled(logits)
+            else:
+                print(f"torch.compile failed, its rows are skipped: {compile_failure[0]}", file=sys.stderr)
         for backend in backends:
             ours = _ours(backend, temperature, top_k, top_p)
             contenders[f"pyprobtf[{backend}]"] = lambda ours=ours: ours(logits, seeds)
@@ -217,18 +261,33 @@ def _run(device: str, quick: bool):
                 "speedup vs hf-chain": times["hf-chain"] / seconds,
                 "effective GB/s": n_rows * n_cols * 4 / seconds / 1e9,
             })
+            if COMPILED in times:
+                rows_out[-1]["speedup vs torch.compile"] = times[COMPILED] / seconds
+                rows_out[-1]["compile s"] = compile_s if label == COMPILED else None
     notes = [f"hf-chain used: {', '.join(sorted(sources))}.",
              "Params: 'k50 p0.9' = temperature 1, top_k 50, top_p 0.9 (the issue's targets: >= 5x hf-chain at "
              "8x128256 and 64x32000); 'p0.9 T0.7' = top-p only (no top-k: the full-row threshold search); "
              "'plain' = no filtering.",
              "pyprobtf runs with a (B,) tensor of per-row seeds (Philox inside the kernel); the others draw "
              "with torch's generator."]
+    if compile_peer and compile_failure[0] is None:
+        notes.append(
+            "torch.compile: the plain chain (the HF warpers' math as _hf_copy writes it: temperature, top-k "
+            "threshold by topk, top-p mask by sort + softmax + cumsum, then softmax and torch.multinomial) "
+            "compiled by Inductor (mode='default', dynamic=False, compiled afresh per case and thread count); "
+            "'compile s' is its first call (compilation included, Inductor's on-disk cache possibly warm), "
+            "excluded from 'ms'; 'speedup vs torch.compile' is its time / this time.")
+    elif compile_peer:
+        notes.append(f"torch.compile failed on this machine, its rows are absent: {compile_failure[0]}")
+    else:
+        notes.append("torch.compile contender not run (--quick runs it only with --compile).")
     if flashinfer_missing:
         notes.append("flashinfer could not be imported on this machine: its column is absent.")
     return rows_out, notes
 
 
 COLUMNS = ["shape", "params", "impl", "ms", "speedup vs hf-chain", "effective GB/s"]
+COMPILED = "torch.compile"
 
 
 def main(argv=None) -> int:
@@ -238,10 +297,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--threads", default="", help="comma-separated CPU thread counts to run with, e.g. 1,2 "
                         "(default: torch's current setting)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time the torch.compile contender (default: yes, but not with --quick: compiling "
+                             "takes longer than the rest of a quick run)")
     args = parser.parse_args(argv)
     threads = tuple(int(n) for n in args.threads.split(",") if n) or (None,)
     pinned = _common.pin_allocator()
-    rows, columns, notes = run(args.device, args.quick, threads)
+    rows, columns, notes = run(args.device, args.quick, threads, args.compile)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
     _common.publish(NAME, args.device, rows, columns, notes, args.out)

@@ -7,6 +7,12 @@ precomputed (only the update is timed), side by side:
   and torchdiffeq (rk4_alt_step_func plus the solver's y0 + dy) write it, noise
   from torch.randn_like; Euler-Maruyama and Langevin as the textbook update
   ``x + f dt + g sqrt(dt) * randn_like(x)``;
+- torch.compile: the eager update compiled by Inductor (mode="default",
+  dynamic=False), split into one compiled function per stretch between model
+  calls (Heun: 2, RK4: 4) so that the states a model reads are written; its
+  noise is torch.randn_like, which Inductor draws inside its kernel. Its first
+  call (the compilation) is reported as "compile s", not timed. Default in full
+  runs; --quick runs it only with --compile;
 - pyprobtf[<backend>]: the public step function of pyprobtf.solvers, whose state
   updates are lincomb passes with the noise drawn inside the kernel.
 "passes" counts the full-size tensors each implementation reads and writes
@@ -23,6 +29,7 @@ training stack (torchvision, clip, kornia, wandb, ...); install it with
 loads only its sampling module (see _k_diffusion_sampling).
 
 Usage: python benchmarks/bench_solvers.py [--device cpu|cuda] [--quick] [--out DIR] [--threads N]
+       [--compile | --no-compile]
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import importlib.util
 import math
 import os
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -52,7 +60,9 @@ QUICK_SHAPE = (4, 4, 64, 64)
 # ----------------------------------------------------------------------------- eager updates
 # Each maker gets the state x and three "model outputs" a, b, c shaped like it, and returns
 # (eager update, our update, passes eager, passes ours). Sigmas are 0-d tensors in the eager
-# k-diffusion code (k-diffusion indexes a sigma tensor), Python floats in ours.
+# k-diffusion code (k-diffusion indexes a sigma tensor), Python floats in ours. The eager update is
+# written as functions of tensors, one per stretch between model calls, each decorated with `wrap`:
+# unchanged for eager, torch.compile for the compiled contender.
 
 
 def _t(v: float, like: torch.Tensor) -> torch.Tensor:
@@ -79,37 +89,52 @@ class _Outputs:
         return self.outputs[self.i]
 
 
-def _euler(x, a, b, c, backend):
+def _plain(fn):
+    return fn
+
+
+def _euler(x, a, b, c, backend, wrap=_plain):
     s, s_next = 2.0, 1.6
     sigma, sigma_next = _t(s, x), _t(s_next, x)
 
-    def eager():
+    @wrap
+    def update(x, a):
         d = _to_d(x, sigma, a)
         return x + d * (sigma_next - sigma)
     field = solvers.edm_field(_Outputs(a))
-    return eager, (lambda: solvers.euler_step(field, x, s, s_next, backend=backend)), 10, 3
+    return (lambda: update(x, a)), (lambda: solvers.euler_step(field, x, s, s_next, backend=backend)), 10, 3
 
 
-def _heun(x, a, b, c, backend):
+def _heun(x, a, b, c, backend, wrap=_plain):
     s, s_next = 2.0, 1.6
     sigma, sigma_next = _t(s, x), _t(s_next, x)
 
-    def eager():  # sample_heun's body (s_churn = 0), model calls excluded
+    # sample_heun's body (s_churn = 0), split at its second model call (b = model(x_2)).
+    @wrap
+    def before_model(x, a):
         d = _to_d(x, sigma, a)
         dt = sigma_next - sigma
-        x_2 = x + d * dt
+        return d, dt, x + d * dt
+
+    @wrap
+    def after_model(x, d, dt, x_2, b):
         d_2 = _to_d(x_2, sigma_next, b)
         d_prime = (d + d_2) / 2
         return x + d_prime * dt
+
+    def update():
+        d, dt, x_2 = before_model(x, a)
+        return after_model(x, d, dt, x_2, b)
     field = solvers.edm_field(_Outputs(a, b))
-    return eager, (lambda: solvers.heun_step(field, x, s, s_next, backend=backend)), 25, 8
+    return update, (lambda: solvers.heun_step(field, x, s, s_next, backend=backend)), 25, 8
 
 
-def _dpmpp_2m(x, a, b, c, backend):
+def _dpmpp_2m(x, a, b, c, backend, wrap=_plain):
     s_prev, s, s_next = 2.6, 2.0, 1.6
     sigmas = torch.tensor([s_prev, s, s_next], dtype=x.dtype, device=x.device)
 
-    def eager():  # sample_dpmpp_2m's second-order branch
+    @wrap
+    def update(x, a, b):  # sample_dpmpp_2m's second-order branch
         sigma_fn = (lambda t: t.neg().exp())
         t_fn = (lambda sigma: sigma.log().neg())
         t, t_next = t_fn(sigmas[1]), t_fn(sigmas[2])
@@ -119,48 +144,55 @@ def _dpmpp_2m(x, a, b, c, backend):
         denoised_d = (1 + 1 / (2 * r)) * a - (1 / (2 * r)) * b
         return (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised_d
     field = solvers.edm_field(_Outputs(a))
-    return eager, (lambda: solvers.dpmpp_2m_step(field, x, s, s_next, (b, s_prev), backend=backend)[0]), 14, 4
+    return (lambda: update(x, a, b)), \
+        (lambda: solvers.dpmpp_2m_step(field, x, s, s_next, (b, s_prev), backend=backend)[0]), 14, 4
 
 
-def _euler_ancestral(x, a, b, c, backend):
+def _euler_ancestral(x, a, b, c, backend, wrap=_plain):
     s, s_next = 2.0, 1.6
     sigma = _t(s, x)
     down, up = solvers.ancestral_sigmas(s, s_next)
     sigma_down, sigma_up = _t(down, x), _t(up, x)
 
-    def eager():  # sample_euler_ancestral's body, default noise sampler
+    @wrap
+    def update(x, a):  # sample_euler_ancestral's body, default noise sampler
         d = _to_d(x, sigma, a)
         y = x + d * (sigma_down - sigma)
         return y + torch.randn_like(y) * 1.0 * sigma_up
     field = solvers.edm_field(_Outputs(a))
-    return eager, (lambda: solvers.euler_ancestral_step(field, x, s, s_next, seed=1, backend=backend)), 18, 3
+    return (lambda: update(x, a)), \
+        (lambda: solvers.euler_ancestral_step(field, x, s, s_next, seed=1, backend=backend)), 18, 3
 
 
-def _euler_maruyama(x, a, b, c, backend):
+def _euler_maruyama(x, a, b, c, backend, wrap=_plain):
     dt, g = 0.01, 0.5
 
-    def eager():
+    @wrap
+    def update(x, a):
         return x + a * dt + g * math.sqrt(dt) * torch.randn_like(x)
     drift = _Outputs(a)
-    return eager, (lambda: solvers.euler_maruyama_step(drift, lambda x, t: g, x, 0.0, dt, seed=1, backend=backend)), \
+    return (lambda: update(x, a)), \
+        (lambda: solvers.euler_maruyama_step(drift, lambda x, t: g, x, 0.0, dt, seed=1, backend=backend)), 12, 3
+
+
+def _langevin(x, a, b, c, backend, wrap=_plain):
+    step = 0.01
+
+    @wrap
+    def update(x, a):
+        return x + step * a + math.sqrt(2 * step) * torch.randn_like(x)
+    score = _Outputs(a)
+    return (lambda: update(x, a)), (lambda: solvers.langevin_step(score, x, 0.0, step, seed=1, backend=backend)), \
         12, 3
 
 
-def _langevin(x, a, b, c, backend):
-    step = 0.01
-
-    def eager():
-        return x + step * a + math.sqrt(2 * step) * torch.randn_like(x)
-    score = _Outputs(a)
-    return eager, (lambda: solvers.langevin_step(score, x, 0.0, step, seed=1, backend=backend)), 12, 3
-
-
-def _ddim(x, a, b, c, backend, eta=0.0):
+def _ddim(x, a, b, c, backend, wrap=_plain, eta=0.0):
     schedule = solvers.vp_linear()
     t, t_prev = 0.5, 0.45
     alpha_prod_t, alpha_prod_t_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
 
-    def eager():  # diffusers DDIMScheduler.step, prediction_type="epsilon", no clipping
+    @wrap
+    def update(x, a):  # diffusers DDIMScheduler.step, prediction_type="epsilon", no clipping
         beta_prod_t = 1 - alpha_prod_t
         pred_original_sample = (x - beta_prod_t ** 0.5 * a) / alpha_prod_t ** 0.5
         variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
@@ -172,20 +204,36 @@ def _ddim(x, a, b, c, backend, eta=0.0):
         return prev_sample
     model = _Outputs(a)
     ours = (lambda: solvers.ddim_step(model, x, t, t_prev, schedule, eta=eta, seed=1, backend=backend))
-    return eager, ours, (20 if eta > 0 else 14), 3
+    return (lambda: update(x, a)), ours, (20 if eta > 0 else 14), 3
 
 
-def _rk4(x, a, b, c, backend):
+def _rk4(x, a, b, c, backend, wrap=_plain):
     t0, dt = 0.0, 0.1
-    k = (a, b, c, x)
+    k1, k2, k3, k4 = (a, b, c, x)
 
-    def eager():  # torchdiffeq's rk4_alt_step_func (the 3/8 rule) with k1..k4 given, then y0 + dy
-        k1, k2, k3, k4 = k
-        _ = (x + dt * k1 * (1 / 3), x + dt * (k2 - k1 * (1 / 3)), x + dt * (k1 - k2 + k3))  # the stage states
+    # torchdiffeq's rk4_alt_step_func (the 3/8 rule) with k1..k4 given, then the solver's y0 + dy, split at
+    # its model calls: each stage state is written, as the next model call reads it.
+    @wrap
+    def stage_2(x, k1):
+        return x + dt * k1 * (1 / 3)
+
+    @wrap
+    def stage_3(x, k1, k2):
+        return x + dt * (k2 - k1 * (1 / 3))
+
+    @wrap
+    def stage_4(x, k1, k2, k3):
+        return x + dt * (k1 - k2 + k3)
+
+    @wrap
+    def last(x, k1, k2, k3, k4):
         dy = (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
         return x + dy
-    field = _Outputs(*k)
-    return eager, (lambda: solvers.rk4_step(field, x, t0, t0 + dt, backend=backend)), 46, 14
+
+    def update():
+        return stage_2(x, k1), stage_3(x, k1, k2), stage_4(x, k1, k2, k3), last(x, k1, k2, k3, k4)
+    field = _Outputs(k1, k2, k3, k4)
+    return update, (lambda: solvers.rk4_step(field, x, t0, t0 + dt, backend=backend)), 46, 14
 
 
 UPDATES = {
@@ -194,12 +242,45 @@ UPDATES = {
     "dpmpp_2m (EDM)": _dpmpp_2m,
     "euler_ancestral (EDM)": _euler_ancestral,
     "ddim eta=0 (VP)": _ddim,
-    "ddim eta=1 (VP)": (lambda *args: _ddim(*args, eta=1.0)),
+    "ddim eta=1 (VP)": (lambda *args, **kwargs: _ddim(*args, **kwargs, eta=1.0)),
     "rk4": _rk4,
     "euler_maruyama": _euler_maruyama,
     "langevin": _langevin,
 }
 QUICK_UPDATES = ("heun (EDM)", "euler_maruyama")
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+
+EAGER, COMPILED = "eager", "torch.compile"
+# Full-size tensors the compiled updates read and write when Inductor fuses each compiled function into
+# one kernel (as its generated code does here): the inputs, the outputs, and for Heun and RK4 the
+# states written at the model calls (split there: the next model call reads them).
+COMPILED_PASSES = {
+    "euler (EDM)": 3, "heun (EDM)": 4 + 5, "dpmpp_2m (EDM)": 4, "euler_ancestral (EDM)": 3, "ddim eta=0 (VP)": 3,
+    "ddim eta=1 (VP)": 3, "rk4": 3 + 4 + 5 + 6, "euler_maruyama": 3, "langevin": 3,
+}
+_NOISE = "noise: torch.randn_like, drawn inside the compiled kernel (Inductor's RNG)"
+COMPILED_NOTES = {
+    "heun (EDM)": "2 compiled functions, split at the second model call",
+    "euler_ancestral (EDM)": _NOISE, "ddim eta=1 (VP)": _NOISE, "euler_maruyama": _NOISE, "langevin": _NOISE,
+    "rk4": "4 compiled functions, split at the model calls",
+}
+
+
+def _compile(fn):
+    return torch.compile(fn, mode="default", dynamic=False)
+
+
+def _first_call(fn):
+    """(seconds, None) of ``fn``'s first call, where torch.compile compiles, or (None, why it failed)."""
+    start = time.perf_counter()
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 (e.g. Inductor finds no C++ compiler: skip the contender)
+        return None, f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return time.perf_counter() - start, None
 
 
 # ----------------------------------------------------------------------------- peers' samplers
@@ -279,8 +360,11 @@ def _samplers(x0, n_steps, backend):
 # ----------------------------------------------------------------------------- run
 
 
-def run(device: str = "cpu", quick: bool = False):
-    """(rows, columns, notes) of the benchmark on ``device``."""
+def run(device: str = "cpu", quick: bool = False, compile_peer: bool | None = None):
+    """(rows, columns, notes) of the benchmark on ``device``; ``compile_peer`` (default: not ``quick``) adds
+    the torch.compile contender."""
+    if compile_peer is None:
+        compile_peer = not quick
     statuses = pyprobtf.ops.available_backends()
     backends = [b for b in ("cpp", "triton", "cuda") if device in statuses[b].devices]
     if device == "cpu" and "triton" in backends:
@@ -295,20 +379,37 @@ def run(device: str = "cpu", quick: bool = False):
     rows = []
     copy_ms = _common.measure(lambda: x.clone(), min_run_time=min_run_time) * 1e3
     rows.append({"part": "update", "step": "copy (x.clone())", "impl": "eager", "ms": copy_ms, "passes": 2})
+    compile_failure = None
     with torch.no_grad():
         for name in (QUICK_UPDATES if quick else UPDATES):
-            timings = []
+            make = UPDATES[name]
+            eager, _, eager_passes, _ = make(x, a, b, c, "reference")
+            timings = [(EAGER, _common.measure(eager, min_run_time=min_run_time), eager_passes)]
+            compile_s = None
+            if compile_peer and compile_failure is None:
+                torch._dynamo.reset()  # a fresh compile per step, never a recompilation limit
+                compiled = make(x, a, b, c, "reference", wrap=_compile)[0]
+                compile_s, compile_failure = _first_call(compiled)
+                if compile_failure is None:
+                    timings.append((COMPILED, _common.measure(compiled, min_run_time=min_run_time),
+                                    COMPILED_PASSES[name]))
+                else:
+                    print(f"torch.compile failed, its rows are skipped: {compile_failure}", file=sys.stderr)
             for backend in backends:
-                eager, ours, eager_passes, our_passes = UPDATES[name](x, a, b, c, backend)
-                if not timings:
-                    timings.append(("eager", _common.measure(eager, min_run_time=min_run_time), eager_passes))
+                _, ours, _, our_passes = make(x, a, b, c, backend)
                 timings.append((f"pyprobtf[{backend}]", _common.measure(ours, min_run_time=min_run_time),
                                 our_passes))
             eager_s = timings[0][1]
+            compiled_s = timings[1][1] if len(timings) > 1 and timings[1][0] == COMPILED else None
             for impl, seconds, passes in timings:
                 row = {"part": "update", "step": name, "impl": impl, "ms": seconds * 1e3,
                        "speedup vs eager": eager_s / seconds, "passes": passes}
-                if bandwidth is not None and impl != "eager":
+                if compiled_s is not None:
+                    row["speedup vs torch.compile"] = compiled_s / seconds
+                if impl == COMPILED:
+                    row["compile s"] = compile_s
+                    row["note"] = COMPILED_NOTES.get(name)
+                if bandwidth is not None and impl not in (EAGER, COMPILED):
                     row["% of copy BW"] = 100 * passes * nbytes / seconds / bandwidth
                 rows.append(row)
 
@@ -336,6 +437,18 @@ def run(device: str = "cpu", quick: bool = False):
         "torchdiffeq's fixed-grid 'rk4' is the 3/8-rule variant; pyprobtf's is the classical one (same cost "
         "in field evaluations and order).",
     ]
+    if compile_peer and compile_failure is None:
+        notes.append(
+            "torch.compile rows: the eager update's own code compiled by Inductor (mode='default', "
+            "dynamic=False, compiled afresh per step), split at the model calls where a step has several "
+            "(Heun, RK4), so that the states a model reads are written; 'compile s' is its first call "
+            "(compilation included, Inductor's on-disk cache possibly warm), excluded from 'ms'; "
+            "'speedup vs torch.compile' is the compiled time / this time. Its noise comes from "
+            "torch.randn_like, which Inductor draws inside the kernel (not the same numbers as eager).")
+    elif compile_peer:
+        notes.append(f"torch.compile failed on this machine, its rows are absent: {compile_failure}")
+    else:
+        notes.append("torch.compile contender not run (--quick runs it only with --compile).")
     if load_before is not None:
         notes.append(_common.load_note(load_before))
     if bandwidth is not None:
@@ -343,7 +456,11 @@ def run(device: str = "cpu", quick: bool = False):
     if not any(r["part"] == "sampler" for r in rows):
         notes.append("peers not installed (k-diffusion with --no-deps, scipy, torchsde, tqdm; torchdiffeq): "
                      "sampler rows skipped")
-    columns = ["part", "step", "impl", "ms", "speedup vs eager", "passes"] + (["% of copy BW"] if bandwidth else [])
+    columns = ["part", "step", "impl", "ms", "speedup vs eager", "passes"]
+    if any(COMPILED == r["impl"] for r in rows):
+        columns.insert(columns.index("speedup vs eager") + 1, "speedup vs torch.compile")
+        columns += ["compile s", "note"]
+    columns += ["% of copy BW"] if bandwidth else []
     return rows, columns, notes
 
 
@@ -354,11 +471,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's); the results file is then solvers-threadsN-*")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time the torch.compile contender (default: yes, but not with --quick: compiling "
+                             "takes longer than the rest of a quick run)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pinned = _common.pin_allocator()
-    rows, columns, notes = run(args.device, args.quick)
+    rows, columns, notes = run(args.device, args.quick, args.compile)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE)
     name = NAME if args.threads is None else f"{NAME}-threads{args.threads}"

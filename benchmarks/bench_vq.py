@@ -4,6 +4,11 @@ Contenders, timed side by side in one process on the same tensors:
 - cdist+argmin: ``torch.cdist(x, codebook).argmin(1)``, how vector-quantize-pytorch
   searches (the N x K distance matrix in memory); ``topk`` for k > 1; half
   precision cast to float32 on CPU, where cdist has no half kernel;
+- torch.compile(cdist), torch.compile(expanded): the same search compiled by
+  Inductor (mode="default", dynamic=False), written with torch.cdist or as
+  ||x||^2 - 2 x E^T + ||e||^2 (a matrix product, then argmin or topk); the
+  first call (compilation) is reported as "compile s", not timed. Default in
+  full runs; --quick runs them only with --compile;
 - pyprobtf[<backend>]: every backend available on the device (not Triton's CPU
   interpreter), with precision "exact" and, for Triton, "fast" (TF32);
 - faiss IndexFlatL2 (optional `bench` extra; faiss-cpu on CPU, faiss GPU if
@@ -15,7 +20,7 @@ Contenders, timed side by side in one process on the same tensors:
 Peak memory is the extra memory of one call: on CPU the rise of the peak resident
 set (VmHWM) in a fresh subprocess per contender; on CUDA torch's peak allocation.
 
-Usage: python benchmarks/bench_vq.py [--device cpu|cuda] [--quick] [--out DIR]
+Usage: python benchmarks/bench_vq.py [--device cpu|cuda] [--quick] [--out DIR] [--compile | --no-compile]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +58,35 @@ def _cdist(x, e, k):
     if k == 1:
         return lambda: distances().argmin(dim=1)
     return lambda: distances().topk(k, dim=1, largest=False)
+
+
+def _compiled(form):
+    """torch.compile (Inductor, mode="default", dynamic=False) of the plain search in one of two forms:
+    "cdist" as _cdist writes it, or "expanded", ||x||^2 - 2 x E^T + ||e||^2 as a matrix product."""
+    def make(x, e, k):
+        cast = x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16)
+
+        def search(x, e):
+            if cast:
+                x, e = x.float(), e.float()
+            if form == "cdist":
+                distances = torch.cdist(x, e)
+            else:
+                distances = (x * x).sum(1, keepdim=True) - 2 * x @ e.T + (e * e).sum(1)
+            return distances.argmin(dim=1) if k == 1 else distances.topk(k, dim=1, largest=False)
+        compiled = torch.compile(search, mode="default", dynamic=False)
+        return lambda: compiled(x, e)
+    return make
+
+
+def _first_call(fn):
+    """(seconds, None) of ``fn``'s first call, where torch.compile compiles, or (None, why it failed)."""
+    start = time.perf_counter()
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 (e.g. Inductor finds no C++ compiler: skip the contender)
+        return None, f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return time.perf_counter() - start, None
 
 
 def _ours(backend, precision="exact"):
@@ -90,9 +125,14 @@ def _faiss(x, e, k):
     return lambda: index.search(queries, k)
 
 
-def _contenders(device: str):
+COMPILED = {"torch.compile(cdist)": "cdist", "torch.compile(expanded)": "expanded"}
+
+
+def _contenders(device: str, compile_peer: bool = True):
     statuses = pyprobtf.ops.available_backends()
     names = [("cdist+argmin", _cdist)]
+    if compile_peer:
+        names += [(name, _compiled(form)) for name, form in COMPILED.items()]
     for backend in ("cpp", "cuda", "triton"):
         if device not in statuses[backend].devices or (device == "cpu" and backend == "triton"):
             continue  # Triton on CPU is the interpreter: for tests, not speed
@@ -191,23 +231,39 @@ def _tf32_matmul_flops(n, codes, dim, device) -> float:
     return 2.0 * n * codes * dim / seconds
 
 
-def run(device: str = "cpu", quick: bool = False):
-    """(rows, columns, notes) of the benchmark on ``device``."""
+def run(device: str = "cpu", quick: bool = False, compile_peer: bool | None = None):
+    """(rows, columns, notes) of the benchmark on ``device``; ``compile_peer`` (default: not ``quick``) adds
+    the torch.compile contenders."""
+    if compile_peer is None:
+        compile_peer = not quick
     min_run_time = 0.1 if quick else 0.5
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     measure_memory = not quick and (device == "cuda" or os.path.exists("/proc/self/clear_refs"))
     threads = torch.get_num_threads()
     rows = []
-    contenders = _contenders(device)
+    contenders = _contenders(device, compile_peer)
+    compile_failure = None
     for n, codes, dim, dtype, k in _cases(device, quick):
         x, e = _inputs(n, codes, dim, dtype, device)
         flops = 2.0 * n * codes * dim
         tf32 = _tf32_matmul_flops(n, codes, dim, device) if device == "cuda" and not quick else None
-        timings = {}
+        timings, compile_s = {}, {}
+        if any(name in COMPILED for name, _ in contenders):
+            torch._dynamo.reset()  # a fresh compile per case, never a recompilation limit
         for name, make in contenders:
+            if name in COMPILED and compile_failure is not None:
+                continue
             fn = make(x, e, k)
             if fn is None:
                 continue
+            if name in COMPILED:
+                compile_s[name], compile_failure = _first_call(fn)
+                if compile_failure is not None:
+                    print(f"torch.compile failed, its rows are skipped: {compile_failure}", file=sys.stderr)
+                    contenders = [c for c in contenders if c[0] not in COMPILED]
+                    compile_s.clear()
+                    timings = {t: v for t, v in timings.items() if t not in COMPILED}
+                    continue
             timings[name] = (_common.measure(fn, min_run_time=min_run_time), fn, threads)
         if device == "cpu" and not quick and (n, codes, dim, k) == (65536, 1024, 64, 1) and dtype == torch.float32:
             # One thread each: the per-core comparison, least disturbed by other load.
@@ -239,6 +295,10 @@ def run(device: str = "cpu", quick: bool = False):
                 "ms": seconds * 1e3, "GFLOP/s": flops / seconds / 1e9,
                 "speedup vs cdist": base[used_threads] / seconds if used_threads in base else None,
             }
+            for compiled in compile_s:
+                if used_threads == threads:
+                    row[f"speedup vs {compiled}"] = timings[compiled][0] / seconds
+            row["compile s"] = compile_s.get(name)
             if tf32 is not None:
                 row["% of TF32 mm"] = 100.0 * flops / seconds / tf32
             if measure_memory:
@@ -251,6 +311,8 @@ def run(device: str = "cpu", quick: bool = False):
             rows.append(row)
 
     columns = ["N", "K", "D", "k", "dtype", "impl", "threads", "ms", "GFLOP/s", "speedup vs cdist"]
+    if any(r["impl"] in COMPILED for r in rows):
+        columns += [f"speedup vs {name}" for name in COMPILED] + ["compile s"]
     if device == "cuda" and not quick:
         columns.append("% of TF32 mm")
     if measure_memory:
@@ -260,6 +322,19 @@ def run(device: str = "cpu", quick: bool = False):
         "speedup vs cdist: against torch.cdist + argmin (topk for k > 1) at the same thread count.",
         "faiss: IndexFlatL2.search on a prebuilt index (k = 1 uses FAISS's BLAS path for large N).",
     ]
+    if compile_peer and compile_failure is None:
+        notes.append(
+            "torch.compile(cdist) and torch.compile(expanded): the plain search compiled by Inductor "
+            "(mode='default', dynamic=False, compiled afresh per case), as torch.cdist(x, E) or as "
+            "(x*x).sum(1, keepdim=True) - 2 x @ E.T + (E*E).sum(1), then argmin (topk for k > 1), half "
+            "precision cast to float32 on CPU as for cdist; 'compile s' is the first call (compilation "
+            "included, Inductor's on-disk cache possibly warm), excluded from 'ms'. 'speedup vs "
+            "torch.compile(...)': that contender's time / this time, at the default thread count (Inductor "
+            "compiles its thread count into the code, so the compiled contenders have no 1-thread rows).")
+    elif compile_peer:
+        notes.append(f"torch.compile failed on this machine, its rows are absent: {compile_failure}")
+    else:
+        notes.append("torch.compile contenders not run (--quick runs them only with --compile).")
     if measure_memory and device == "cpu":
         notes.append("peak extra MiB: rise of the peak resident set during one call after a warm-up call, "
                      "each contender in a fresh process.")
@@ -277,6 +352,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="two small cases, short timings (a smoke run)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time the torch.compile contenders (default: yes, but not with --quick: compiling "
+                             "takes longer than the rest of a quick run)")
     parser.add_argument("--measure-memory", nargs=7, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure_memory:
@@ -284,7 +362,7 @@ def main(argv=None) -> int:
         print(_measure_memory_here(name, int(n), int(codes), int(dim), dtype, int(k), int(threads)))
         return 0
     pinned = _common.pin_allocator()
-    rows, columns, notes = run(args.device, args.quick)
+    rows, columns, notes = run(args.device, args.quick, args.compile)
     if pinned and args.device == "cpu":
         notes.append(_common.ALLOCATOR_NOTE + " (timings only: memory is measured in unpinned subprocesses)")
     _common.publish(NAME, args.device, rows, columns, notes, args.out)
