@@ -20,7 +20,7 @@
 # wheels in $GPU_VERIFY_WHEELS (default .whl/), when that folder exists.
 #
 # --dry-run (no GPU needed): prints every step's exact commands and runs what runs
-# on a CPU: the environment report, the build (as a wheel into the log folder, not
+# on a CPU: the environment report, the C++ build (a wheel in the log folder, not
 # installed), `pyprobtf check --device cpu` on two ops, the collection of the
 # sanitizer's test subset, and the op benchmarks in --quick mode on the CPU into a
 # temporary folder (never benchmarks/results unless --out says so).
@@ -67,9 +67,10 @@ declare -A BUDGET=(
   [BENCH]=140       # the op benchmarks, one after another
   [SUMMARY]=10      # the summary files and the archive
 )
-# --dry-run does other work, on a CPU: a full build of the C++ and CUDA code on two cores takes minutes.
-declare -A DRY_RUN_BUDGET=([ENV]=60 [BUILD]=900 [TESTS]=10 [CHECK]=120 [SANITIZER]=120 [BENCH]=300 [SUMMARY]=30)
+# --dry-run does other work, on a CPU: building the C++ code from scratch on two busy cores takes minutes.
+declare -A DRY_RUN_BUDGET=([ENV]=60 [BUILD]=600 [TESTS]=10 [CHECK]=120 [SANITIZER]=120 [BENCH]=300 [SUMMARY]=30)
 
+ARGS=("$@")
 DRY_RUN=0 QUICK=0 SKIP_BUILD=0 OUT_DIR="" LOG_DIR="" ARCHIVE="" STEPS="1,2,3,4,5,6,7" BENCHES=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -274,14 +275,16 @@ step_build() {
     echo "--skip-build: using the pyprobtf installed in $PY's environment" | tee -a "$STEP_LOG"
   elif [ "$DRY_RUN" = 1 ]; then
     would "${gpu_build[@]}"
-    # The same build (C++ always, CUDA where nvcc is found) as a wheel in the log folder: nothing is installed.
-    run "$(left)" env PYPROBTF_CUDA=AUTO CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-      "$PY" -m pip wheel --no-index --no-build-isolation --no-deps -w "$LOG_DIR/wheel" . || status=1
+    # The C++ part of that build, as a wheel in the log folder (nothing installed), in a build folder of its own
+    # so that the project's incremental build (build/<wheel tag>) keeps its settings.
+    run "$(left)" env PYPROBTF_CUDA=OFF CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      "$PY" -m pip wheel --no-index --no-build-isolation --no-deps --config-settings=build-dir="$LOG_DIR/cmake-build" \
+      -w "$LOG_DIR/wheel" . || status=1
   else
     run "$(left)" "${gpu_build[@]}" || status=1
   fi
   # Which backends the installed pyprobtf has here; on a GPU, the CUDA and Triton backends must run on it.
-  run "$(left)" "$PY" - "$DEVICE" <<'EOF' || status=1
+  [ "$status" = 0 ] && run "$(left)" "$PY" - "$DEVICE" <<'EOF' || status=1
 import sys
 import pyprobtf
 statuses = pyprobtf.ops.available_backends()
@@ -467,8 +470,8 @@ summary = {"gpu": env.get("gpu"), "slug": slug, "started": started, "commit": co
 title = f"GPU verification on {env.get('gpu') or 'no GPU (dry run)'}"
 lines = [f"# {title}", "", f"- started {started}, commit {commit}, {'DRY RUN, ' if dry_run == '1' else ''}"
          f"{'quick' if quick == '1' else 'full'} mode", f"- command: `{command}`",
-         f"- GPU {env.get('gpu')} (compute capability {env.get('compute_capability')}, "
-         f"{env.get('multiprocessors')} SMs, {env.get('gpu_memory_gib')} GiB), driver {env.get('driver')}",
+         (f"- GPU {env['gpu']} (compute capability {env.get('compute_capability')}, {env.get('multiprocessors')} SMs, "
+          f"{env.get('gpu_memory_gib')} GiB), driver {env.get('driver')}" if env.get("gpu") else "- no GPU here"),
          f"- torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), triton {env.get('triton')}, "
          f"nvcc: {env.get('nvcc')}, python {env.get('python')}",
          f"- peers importable: {', '.join(k for k, v in env.get('peers', {}).items() if v) or 'none'}",
@@ -501,14 +504,13 @@ EOF
     local list=() seen=""
     for f in "${files[@]}"; do [[ " $seen " == *" $f "* ]] || { list+=("${f#"$OUT_DIR"/}"); seen+=" $f"; }; done
     mkdir -p "$(dirname "$ARCHIVE")"
-    run "$(left)" tar czf "$ARCHIVE" -C "$OUT_DIR" "${list[@]}" -C "$LOG_DIR" --exclude ./wheel --exclude ./peer-site --exclude ./step7-summary.log . \
+    run "$(left)" tar czf "$ARCHIVE" -C "$OUT_DIR" "${list[@]}" -C "$LOG_DIR" --exclude ./wheel --exclude ./cmake-build --exclude ./peer-site --exclude ./step7-summary.log . \
       || return 1
   fi
 }
 
-ARGS=("$@")
 step 1 ENV "environment" step_env
-step 2 BUILD "build pyprobtf with CUDA for sm_$CUDA_ARCH$([ "$DRY_RUN" = 1 ] && echo ' (dry run: a wheel, not installed)')" step_build
+step 2 BUILD "build pyprobtf with CUDA for sm_$CUDA_ARCH$([ "$DRY_RUN" = 1 ] && echo ' (dry run: its C++ part as a wheel, not installed)')" step_build
 step 3 TESTS "pytest -m gpu and the Triton tests on the GPU" step_tests
 step 4 CHECK "pyprobtf check --device cuda$([ "$DRY_RUN" = 1 ] && echo " (dry run: $DRY_RUN_CHECK_OPS on cpu)")" step_check
 step 5 SANITIZER "compute-sanitizer memcheck and racecheck over the kernels' GPU tests" step_sanitizer
