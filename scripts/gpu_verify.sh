@@ -41,7 +41,8 @@ Options:
   --skip-build    use the pyprobtf already installed in the environment (step 2 only checks it)
   --archive FILE  also pack the summary, the benchmark tables and the logs into FILE (.tar.gz)
 Environment: PYTHON (the interpreter), GPU_VERIFY_WHEELS (peer wheels folder, default .whl),
-  GPU_VERIFY_BUDGET_<STEP> (seconds; STEP = ENV BUILD TESTS CHECK SANITIZER BENCH SUMMARY)
+  GPU_VERIFY_BUDGET_<STEP> (seconds; STEP = ENV BUILD TESTS CHECK SANITIZER BENCH SUMMARY),
+  GPU_VERIFY_DRY_RUN_CHECK_OPS (the ops --dry-run checks on the CPU, default "lincomb affine_coupling")
 EOF
 }
 
@@ -55,7 +56,7 @@ SANITIZER_TESTS="tests/test_affine_coupling.py tests/test_lincomb.py tests/test_
 SANITIZER_K="not large_shapes and not peak_memory and not graph_capture"
 SANITIZER_EXAMPLES=3
 # Ops that --dry-run checks on the CPU (the GPU run checks every op).
-DRY_RUN_CHECK_OPS="lincomb affine_coupling"
+DRY_RUN_CHECK_OPS=${GPU_VERIFY_DRY_RUN_CHECK_OPS:-lincomb affine_coupling}
 
 # Seconds per step on an H200 (16 cores): 15 + 110 + 90 + 45 + 60 + 140 + 10 = 470 s at most.
 declare -A BUDGET=(
@@ -271,10 +272,10 @@ step_build() {
   local gpu_build=(env PYPROBTF_CUDA=ON PYPROBTF_CUDA_ARCHITECTURES="$CUDA_ARCH" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
                    "$PY" -m pip install --no-index --no-build-isolation --no-deps -e .)
   local status=0
+  [ "$DRY_RUN" = 1 ] && would "${gpu_build[@]}"
   if [ "$SKIP_BUILD" = 1 ]; then
     echo "--skip-build: using the pyprobtf installed in $PY's environment" | tee -a "$STEP_LOG"
   elif [ "$DRY_RUN" = 1 ]; then
-    would "${gpu_build[@]}"
     # The C++ part of that build, as a wheel in the log folder (nothing installed), in a build folder of its own
     # so that the project's incremental build (build/<wheel tag>) keeps its settings.
     run "$(left)" env PYPROBTF_CUDA=OFF CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
