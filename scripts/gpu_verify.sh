@@ -219,6 +219,7 @@ OUT_DIR=$(cd "$OUT_DIR" && pwd) LOG_DIR=$(cd "$LOG_DIR" && pwd)
 EXAMPLES=$([ "$QUICK" = 1 ] && echo 10 || echo "${PYPROBTF_MAX_EXAMPLES:-40}")
 WHEELS=${GPU_VERIFY_WHEELS:-.whl}
 START=$(now)
+rm -f "$LOG_DIR"/step*.log "$LOG_DIR/env.json" "$LOG_DIR/steps.tsv"  # an earlier run's, which the summary would read
 date -u +%Y-%m-%dT%H:%M:%SZ >"$LOG_DIR/started"
 
 echo "gpu_verify.sh: $([ "$DRY_RUN" = 1 ] && echo 'DRY RUN (CPU parts only)' || echo "GPU run on $GPU_SLUG (sm_$GPU_CC)")"
@@ -505,7 +506,8 @@ EOF
     local list=() seen=""
     for f in "${files[@]}"; do [[ " $seen " == *" $f "* ]] || { list+=("${f#"$OUT_DIR"/}"); seen+=" $f"; }; done
     mkdir -p "$(dirname "$ARCHIVE")"
-    run "$(left)" tar czf "$ARCHIVE" -C "$OUT_DIR" "${list[@]}" -C "$LOG_DIR" --exclude ./wheel --exclude ./cmake-build --exclude ./peer-site --exclude ./step7-summary.log . \
+    # The tables and the summary at the top (to unpack into benchmarks/results), the logs under logs/.
+    run "$(left)" tar czf "$ARCHIVE" --transform 's,^\./,logs/,' -C "$OUT_DIR" "${list[@]}" -C "$LOG_DIR" --exclude ./wheel --exclude ./cmake-build --exclude ./peer-site --exclude ./step7-summary.log . \
       || return 1
   fi
 }
