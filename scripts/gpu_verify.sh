@@ -42,7 +42,8 @@ Options:
   --archive FILE  also pack the summary, the benchmark tables and the logs into FILE (.tar.gz)
 Environment: PYTHON (the interpreter), GPU_VERIFY_WHEELS (peer wheels folder, default .whl),
   GPU_VERIFY_BUDGET_<STEP> (seconds; STEP = ENV BUILD TESTS CHECK SANITIZER BENCH SUMMARY),
-  GPU_VERIFY_DRY_RUN_CHECK_OPS (the ops --dry-run checks on the CPU, default "lincomb affine_coupling")
+  GPU_VERIFY_DRY_RUN_CHECK_OPS (the ops --dry-run checks on the CPU, default "lincomb affine_coupling"),
+  GPU_VERIFY_COMMIT (the commit the summary names, where the tree has no git history)
 EOF
 }
 
@@ -427,7 +428,7 @@ step_summary() {
   run "$(left)" "$PY" - "$LOG_DIR" "$OUT_DIR" "$GPU_SLUG" "$DRY_RUN" "$QUICK" "$(quote "$0" "${ARGS[@]}")" <<'EOF' || return 1
 """Write gpu-verify-<gpu>.md and .json: each step's status and time, the check's GPU results, the tables written,
 and the GPU_VERIFIED entries that the run supports (only when the tests, the check and the sanitizer all passed)."""
-import datetime, json, pathlib, re, subprocess, sys
+import datetime, json, os, pathlib, re, subprocess, sys
 
 logs, out, slug, dry_run, quick, command = sys.argv[1:7]
 logs, out = pathlib.Path(logs), pathlib.Path(out)
@@ -450,7 +451,14 @@ if check_log.exists():
         checks.append(dict(zip(("op", "backend", "device", "dtype", "result"), m.groups())))
 
 status = {s["step"]: s["status"] for s in steps}
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+# The commit that ran: GPU_VERIFY_COMMIT where the tree was copied without its git history.
+commit = os.environ.get("GPU_VERIFY_COMMIT", "")
+if not commit:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+commit = commit or "unknown"
 date = started[:10]
 verified = {}
 if dry_run == "0" and all(status.get(n) == "PASS" for n in (3, 4, 5)):
