@@ -59,7 +59,8 @@ SANITIZER_EXAMPLES=3
 # Ops that --dry-run checks on the CPU (the GPU run checks every op).
 DRY_RUN_CHECK_OPS=${GPU_VERIFY_DRY_RUN_CHECK_OPS:-lincomb affine_coupling}
 
-# Seconds per step on an H200 (16 cores): 15 + 110 + 90 + 45 + 60 + 140 + 10 = 470 s at most.
+# Seconds per step on an H200 (16 cores): 15 + 110 + 90 + 45 + 60 + 140 + 10 = 470 s (a command past its
+# limit is killed 10 s after it is told to stop). Estimates: no GPU has run this script yet.
 declare -A BUDGET=(
   [ENV]=15          # nvidia-smi, nvcc, versions
   [BUILD]=110       # C++ and CUDA (sm_<cc>) with ninja on every core
@@ -135,8 +136,10 @@ run() {
 # would CMD...: what the GPU run executes here; printed, not run (--dry-run).
 would() { echo "[dry-run, not run] $(quote "$@")" | tee -a "$STEP_LOG"; }
 
-# The seconds left of the current step's budget (at least 1).
-left() { awk -v s="$STEP_START" -v b="$STEP_BUDGET" -v n="$(now)" 'BEGIN { l = int(s + b - n); print (l < 1 ? 1 : l) }'; }
+# left [MIN]: the seconds left of the current step's budget, at least MIN (default 1).
+left() {
+  awk -v s="$STEP_START" -v b="$STEP_BUDGET" -v n="$(now)" -v m="${1:-1}" 'BEGIN { l = int(s + b - n); print (l < m ? m : l) }'
+}
 
 STEP_ROWS=()
 # step NUMBER KEY TITLE FUNCTION: header, time limit, status (PASS FAIL TIMEOUT SKIP) and a note.
@@ -286,8 +289,9 @@ step_build() {
   else
     run "$(left)" "${gpu_build[@]}" || status=1
   fi
-  # Which backends the installed pyprobtf has here; on a GPU, the CUDA and Triton backends must run on it.
-  [ "$status" = 0 ] && run "$(left)" "$PY" - "$DEVICE" <<'EOF' || status=1
+  # Which backends the installed pyprobtf has here; on a GPU, the CUDA and Triton backends must run on it
+  # (given 20 s even when the build took the whole budget).
+  [ "$status" = 0 ] && run "$(left 20)" "$PY" - "$DEVICE" <<'EOF' || status=1
 import sys
 import pyprobtf
 statuses = pyprobtf.ops.available_backends()
