@@ -116,3 +116,49 @@ def test_a_failed_step_fails_the_run_and_the_others_still_run(tmp_path):
     assert status[6] == "FAIL" and status[7] == "PASS"
     assert status[1] == "SKIP"  # not selected
     assert "unknown benchmark(s) no_such_benchmark" in (tmp_path / "logs" / "step6-bench.log").read_text()
+
+
+STUB_GPU = '''
+import types
+import torch
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 1
+torch.cuda.get_device_capability = lambda device=0: (9, 0)
+torch.cuda.get_device_name = lambda device=0: "NVIDIA H200"
+torch.cuda.get_device_properties = lambda device=0: types.SimpleNamespace(
+    name="NVIDIA H200", major=9, minor=0, multi_processor_count=132, total_memory=141 * 2**30)
+'''
+STUB_TOOL = '''#!/usr/bin/env bash
+echo "stub $(basename "$0") $*" >>"$STUB_CALLS"
+[ "$(basename "$0")" = nvidia-smi ] && echo "580.00"
+exit 0
+'''
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script runs for real")
+def test_gpu_mode_orchestration_with_a_stub_gpu(tmp_path):
+    # Not a GPU check: torch is told it sees an H200 and compute-sanitizer and nvidia-smi are stubs, so that the
+    # GPU run's own control flow (names, limits, the sanitizer's two passes, the summary) runs somewhere in CI.
+    site, bin_ = tmp_path / "site", tmp_path / "bin"
+    site.mkdir()
+    bin_.mkdir()
+    (site / "sitecustomize.py").write_text(STUB_GPU)
+    for tool in ("compute-sanitizer", "nvidia-smi"):
+        (bin_ / tool).write_text(STUB_TOOL)
+        (bin_ / tool).chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = dict(os.environ, PYTHON=sys.executable, STUB_CALLS=str(calls), PATH=f"{bin_}:{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(["bash", str(SCRIPT), "--steps", "1,5,7", "--out", str(tmp_path / "out"),
+                             "--logs", str(tmp_path / "logs")], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "GPU run on h200 (sm_90)" in result.stdout
+    tools = calls.read_text()
+    assert "stub compute-sanitizer --tool memcheck" in tools and "stub compute-sanitizer --tool racecheck" in tools
+    assert "PYTORCH_NO_CUDA_MEMORY_CACHING=1" in (tmp_path / "logs" / "step5-sanitizer.log").read_text()
+    summary = json.loads((tmp_path / "out" / "gpu-verify-h200.json").read_text())
+    assert summary["gpu"] == "NVIDIA H200" and summary["dry_run"] is False
+    status = {s["step"]: s["status"] for s in summary["steps"]}
+    assert status == {1: "PASS", 2: "SKIP", 3: "SKIP", 4: "SKIP", 5: "PASS", 6: "SKIP", 7: "PASS"}
+    assert summary["gpu_verified"] == {}  # the tests and the check did not run
