@@ -109,10 +109,17 @@ def machine(device: str = "cpu") -> dict:
     return info
 
 
+def gpu_slug(name: str) -> str:
+    """A GPU's name made file-friendly, without the vendor: 'NVIDIA H200' -> 'h200', 'NVIDIA H100 80GB HBM3' ->
+    'h100-80gb-hbm3'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug.removeprefix("nvidia-") or "gpu"
+
+
 def device_slug(device: str) -> str:
-    """'cpu', or the GPU's name made file-friendly (e.g. 'nvidia-h200')."""
+    """'cpu', or the GPU's name (:func:`gpu_slug`), which results files carry: ``sampling-h200.md``."""
     if device == "cuda":
-        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+        return gpu_slug(torch.cuda.get_device_name(0))
     return "cpu"
 
 
