@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pyprobtf-installed
 NATIVE := $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/pyprobtf/*)
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-verify clean
 
 # Re-installs when the build inputs change (the C++/CUDA build is incremental).
 $(STAMP): pyproject.toml CMakeLists.txt scripts/setup.sh scripts/peers.txt $(NATIVE)
@@ -32,6 +32,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_decoder_families.py --threads 1
 	$(PY) benchmarks/bench_digits_continuous.py
 	$(PY) benchmarks/bench_digits_decoders.py
+
+# On a machine with an NVIDIA GPU: uses the CUDA torch already installed (docs/GPU.md).
+gpu-verify:
+	bash scripts/gpu_verify.sh
 
 clean:
 	rm -rf build $(VENV)

@@ -7,7 +7,10 @@ code paths, compared with the reference by the op's contract: the cases of
 capability, pyprobtf, torch, Triton and CUDA driver versions), so a new
 driver, GPU or release checks again. A kernel that fails is not used: ``auto``
 falls back to the next backend, with one warning naming the op, the kernel
-and the error.
+and the error. A kernel first met while a CUDA graph is being captured cannot
+be checked then (nothing may run outside the graph): ``auto`` takes the next
+backend for the rest of the process (run ``pyprobtf check --device cuda``, or
+one call outside the graph, to check it first).
 
 Environment:
     ``PYPROBTF_VERIFIED_CACHE``: the cache file (default
