@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -121,6 +122,16 @@ def device_slug(device: str) -> str:
     if device == "cuda":
         return gpu_slug(torch.cuda.get_device_name(0))
     return "cpu"
+
+
+def first_call(fn: Callable[[], object]) -> tuple[float | None, str | None]:
+    """(seconds, None) of ``fn``'s first call, where torch.compile compiles, or (None, why it failed)."""
+    start = time.perf_counter()
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 (e.g. Inductor finds no C++ compiler: skip the contender)
+        return None, f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return time.perf_counter() - start, None
 
 
 def measure(fn: Callable[[], object], *, min_run_time: float = 0.3) -> float:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -122,16 +121,6 @@ def _plain_compiled(temperature, top_k, top_p):
         probs = torch.softmax(_hf_copy(logits, temperature, top_k, top_p), dim=-1)
         return torch.multinomial(probs, num_samples=1).squeeze(1)
     return torch.compile(run, mode="default", dynamic=False)
-
-
-def _first_call(fn):
-    """(seconds, None) of ``fn``'s first call, where torch.compile compiles, or (None, why it failed)."""
-    start = time.perf_counter()
-    try:
-        fn()
-    except Exception as error:  # noqa: BLE001 (e.g. Inductor finds no C++ compiler: skip the contender)
-        return None, f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    return time.perf_counter() - start, None
 
 
 def _ours(backend, temperature, top_k, top_p):
@@ -240,7 +229,7 @@ def _run(device: str, quick: bool, compile_peer: bool, compile_failure: list):
         if compile_peer and compile_failure[0] is None:
             torch._dynamo.reset()  # a fresh compile per case, never a recompilation limit
             compiled = _plain_compiled(temperature, top_k, top_p)
-            compile_s, compile_failure[0] = _first_call(lambda: compiled(logits))
+            compile_s, compile_failure[0] = _common.first_call(lambda: compiled(logits))
             if compile_failure[0] is None:
                 contenders[COMPILED] = lambda: compiled(logits)
             else:

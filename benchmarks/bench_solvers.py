@@ -39,7 +39,6 @@ import importlib.util
 import math
 import os
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -273,16 +272,6 @@ def _compile(fn):
     return torch.compile(fn, mode="default", dynamic=False)
 
 
-def _first_call(fn):
-    """(seconds, None) of ``fn``'s first call, where torch.compile compiles, or (None, why it failed)."""
-    start = time.perf_counter()
-    try:
-        fn()
-    except Exception as error:  # noqa: BLE001 (e.g. Inductor finds no C++ compiler: skip the contender)
-        return None, f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    return time.perf_counter() - start, None
-
-
 # ----------------------------------------------------------------------------- peers' samplers
 
 
@@ -389,7 +378,7 @@ def run(device: str = "cpu", quick: bool = False, compile_peer: bool | None = No
             if compile_peer and compile_failure is None:
                 torch._dynamo.reset()  # a fresh compile per step, never a recompilation limit
                 compiled = make(x, a, b, c, "reference", wrap=_compile)[0]
-                compile_s, compile_failure = _first_call(compiled)
+                compile_s, compile_failure = _common.first_call(compiled)
                 if compile_failure is None:
                     timings.append((COMPILED, _common.measure(compiled, min_run_time=min_run_time),
                                     COMPILED_PASSES[name]))

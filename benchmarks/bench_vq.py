@@ -30,7 +30,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -77,16 +76,6 @@ def _compiled(form):
         compiled = torch.compile(search, mode="default", dynamic=False)
         return lambda: compiled(x, e)
     return make
-
-
-def _first_call(fn):
-    """(seconds, None) of ``fn``'s first call, where torch.compile compiles, or (None, why it failed)."""
-    start = time.perf_counter()
-    try:
-        fn()
-    except Exception as error:  # noqa: BLE001 (e.g. Inductor finds no C++ compiler: skip the contender)
-        return None, f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    return time.perf_counter() - start, None
 
 
 def _ours(backend, precision="exact"):
@@ -257,7 +246,7 @@ def run(device: str = "cpu", quick: bool = False, compile_peer: bool | None = No
             if fn is None:
                 continue
             if name in COMPILED:
-                compile_s[name], compile_failure = _first_call(fn)
+                compile_s[name], compile_failure = _common.first_call(fn)
                 if compile_failure is not None:
                     print(f"torch.compile failed, its rows are skipped: {compile_failure}", file=sys.stderr)
                     contenders = [c for c in contenders if c[0] not in COMPILED]
