@@ -115,3 +115,31 @@ def test_vq_nearest_does_not_sync_beyond_the_cpu_overflow_rule(backend, monkeypa
         vq_nearest(z, codebook, backend=backend)
         vq_nearest(z, codebook, k=4, metric="cosine", backend=backend)
     assert calls == []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_sampling_and_solver_steps_are_captured_in_a_cuda_graph(backend):
+    """A decode step and a solver step with the default checks, in a CUDA graph (capture fails on any sync)."""
+    logits = torch.randn(8, 32000, device="cuda")
+    seeds, offset = torch.arange(8, device="cuda"), torch.zeros(8, dtype=torch.int64, device="cuda")
+    x, d = torch.randn(2, 16, 4, 32, 32, device="cuda").unbind(0)
+
+    def step():
+        tokens = sample_logits(logits, temperature=0.8, top_k=50, top_p=0.9, seed=seeds, offset=offset,
+                               backend=backend)
+        y = lincomb([x, d], [1.0, -0.1], noise_std=0.2, backend=backend)
+        return tokens, y
+
+    want_tokens, _ = step()  # outside the graph: also runs any first-use self-check
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        tokens, y = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(tokens, want_tokens) and y.shape == x.shape and bool(y.isfinite().all())
