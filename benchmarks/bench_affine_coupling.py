@@ -17,9 +17,11 @@ Three passes per case, each its own row:
   inputs with retain_graph=True is timed alone (the same for every contender: no forward inside);
 - "forward+backward": recording the graph and torch.autograd.grad, both timed, as in a training step.
 
-Timing: the contenders of a case run in interleaved rounds (a block of calls of at least --block seconds
-each, the order rotated every round); a time is the median over rounds, a speedup the median over rounds
-of the per-round ratio, so load from other processes that drifts during the run hits both sides alike.
+Timing: the contenders of a case run in interleaved rounds (a block of calls of a few milliseconds each,
+the order rotated every round); a time is the fastest block over the rounds, a speedup the ratio of two
+such times. On a machine shared with other jobs (more runnable threads than cores) a block can lose whole
+scheduler time slices, and with two threads every parallel region waits for the slower one: the fastest
+block is the one that ran undisturbed, which the median is not when most blocks are disturbed.
 
 glibc's allocator: by default this script pins glibc malloc's thresholds (see _common.pin_allocator) so
 that no contender pays page faults depending on what ran before it. A user's process does not do that, so
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -243,27 +244,27 @@ def run_case(device, n_rows, n_cols, dtype, scale_fn, backends, *, compile_peer:
     fns[("copy of the same bytes", PASSES[1])] = lambda: dst.copy_(src)
     times = _interleaved(fns, rounds, block)
 
-    def median(key):
-        return statistics.median(times[key])
+    def best(key):
+        return min(times[key])
 
     def speedup(base, key):
-        return statistics.median(b / o for b, o in zip(times[base], times[key]))
+        return best(base) / best(key)
 
     rows = []
     for pass_name in PASSES:
         row = {"shape": f"{n_rows}x{n_cols}", "dtype": str(dtype).removeprefix("torch."), "scale_fn": scale_fn,
-               "allocator": allocator, "pass": pass_name, "eager ms": _ms(median((EAGER, pass_name)))}
+               "allocator": allocator, "pass": pass_name, "eager ms": _ms(best((EAGER, pass_name)))}
         if compile_peer:
-            row["torch.compile ms"] = _ms(median((COMPILED, pass_name)))
+            row["torch.compile ms"] = _ms(best((COMPILED, pass_name)))
         for name in ours:
-            row[f"{name} ms"] = _ms(median((name, pass_name)))
+            row[f"{name} ms"] = _ms(best((name, pass_name)))
             row[f"{name} vs eager"] = speedup((EAGER, pass_name), (name, pass_name))
             if compile_peer:
                 row[f"{name} vs torch.compile"] = speedup((COMPILED, pass_name), (name, pass_name))
         if pass_name == PASSES[1]:
-            row["copy of the same bytes ms"] = _ms(median(("copy of the same bytes", pass_name)))
+            row["copy of the same bytes ms"] = _ms(best(("copy of the same bytes", pass_name)))
         row["peers ms (vs eager)"] = ", ".join(
-            f"{p} {_ms(median((p, pass_name))):.3g} ({speedup((EAGER, pass_name), (p, pass_name)):.2f}x)"
+            f"{p} {_ms(best((p, pass_name))):.3g} ({speedup((EAGER, pass_name), (p, pass_name)):.2f}x)"
             for p, _ in peers)
         rows.append(row)
     return rows
@@ -289,7 +290,7 @@ def _columns(backends, compile_peer: bool):
 def run(device: str = "cpu", quick: bool = False, compile_peer: bool = True, default_allocator_first: bool = False):
     """(rows, columns, notes) of the benchmark on ``device``."""
     backends = _backends_on(device)
-    rounds, block = (3, 0.005) if quick else (15, 0.02)
+    rounds, block = (3, 0.002) if quick else (30, 0.005)
     load_before = os.getloadavg()[0]
     rows = []
     cases = _cases(device, quick)
@@ -302,8 +303,9 @@ def run(device: str = "cpu", quick: bool = False, compile_peer: bool = True, def
         rows += run_case(device, *case, backends, compile_peer=compile_peer, rounds=rounds, block=block,
                          allocator="pinned" if pinned else "default")
     notes = [
-        f"torch threads: {torch.get_num_threads()}; {rounds} interleaved rounds per case; times are medians over "
-        "rounds, speedups medians of the per-round ratios. " + _common.load_note(load_before),
+        f"torch threads: {torch.get_num_threads()}; {rounds} interleaved rounds per case; times are the fastest "
+        f"block of calls (>= {block * 1e3:.0f} ms) over the rounds, speedups their ratios. "
+        + _common.load_note(load_before),
         "backward (graph kept): torch.autograd.grad(..., retain_graph=True) on a graph recorded once, timed alone "
         "for every contender. copy of the same bytes: a tensor copy reading and writing the bytes the fused "
         "backward must move (x, scale, grad_y in; grad_x, grad_scale out), the floor of its time; eager PyTorch's "
