@@ -290,7 +290,7 @@ def _columns(backends, compile_peer: bool):
 def run(device: str = "cpu", quick: bool = False, compile_peer: bool = True, default_allocator_first: bool = False):
     """(rows, columns, notes) of the benchmark on ``device``."""
     backends = _backends_on(device)
-    rounds, block = (3, 0.002) if quick else (30, 0.005)
+    rounds, block = (3, 0.002) if quick else (40, 0.005)
     load_before = os.getloadavg()[0]
     rows = []
     cases = _cases(device, quick)

@@ -218,7 +218,7 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
     const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride + c0 * ts;
     const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride + c0 * as;
     const T* gy = static_cast<const T*>(a.grad_y.data) + r * a.grad_y.row_stride + c0 * a.grad_y.col_stride;
-    if (stage_grad_y) {
+    if (stage_grad_y && n > 0) {  // (an empty grad_y may have no memory at all)
       const int64_t stride = a.grad_y.col_stride;
       if (stride == 0) {
         const T v = gy[0];
