@@ -30,6 +30,16 @@ with its dynamic thresholds, freed multi-MB tensors go back to the OS and every 
 page-faulted in again, which costs the fused kernels (which only write fresh outputs) a larger share of
 their time than eager PyTorch.
 
+Which backward figure was right (issue 15): the README's 2.01x (measured 2026-11-22 on an Intel Xeon) and
+the later 1.6-1.7x time the same thing, autograd.grad with retain_graph=True on a kept graph (this script
+did so before too). They differ by (1) the machine, now an AMD EPYC (Zen 4), on which the old C++
+backward was bound by its exp arithmetic, not by memory: 0.50 ms at 4096x256 on one thread against
+0.35-0.41 ms for a copy of the same bytes (now 0.38 ms, with an AVX-512 loop); (2) load: the old script
+published medians of 2-thread timings on a 2-core machine shared with other jobs, which other jobs inflate
+unevenly; (3) a backward started by `(y.sum() + ladj.sum()).backward()`, as one tries it first, hands the
+kernel an expanded grad_y (strides 0), which the old kernel ran through its strided loop (0.93 ms against
+0.50 ms; now staged per row, 0.37 ms).
+
 Usage: python benchmarks/bench_affine_coupling.py [--device cpu|cuda] [--quick] [--threads N] [--no-compile]
        [--out DIR]
 """
