@@ -1,7 +1,13 @@
 // CPU kernels for affine_coupling: one pass over the data forward (y and the
 // log-determinant together) and one fused pass backward (all three gradients).
 #include <initializer_list>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define PTF_AVX512_ROWS 1
+#endif
 
 #include "pyprobtf/affine_coupling.h"
 #include "pyprobtf/cpu.h"
@@ -98,6 +104,66 @@ PTF_MULTIVERSION void forward_tile(const AffineCouplingForward& a, int64_t r0, i
   }
 }
 
+#if defined(PTF_AVX512_ROWS)
+// The hottest case, float32 "exp" backward in the forward direction, written with AVX-512
+// intrinsics: the operations of cpu::exp, with 2^n applied by one vscalefps instead of two
+// multiplications by halves of it. Both round once, so the results are bit-identical to the
+// generic loop (NaN and +-inf included); it runs about 1.5x fewer instructions per element,
+// which is what bounds this kernel while the data sits in cache.
+__attribute__((target("avx512f,fma"))) inline __m512 exp_avx512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-104.0f), hi = _mm512_set1_ps(89.0f);
+  __m512 xc = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), lo);  // NaN passes through
+  xc = _mm512_mask_mov_ps(xc, _mm512_cmp_ps_mask(xc, hi, _CMP_GT_OQ), hi);
+  const __m512 shifter = _mm512_set1_ps(12582912.0f);
+  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), shifter), shifter);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);  // p * 2^n, one rounding; NaN n gives NaN
+}
+
+// grad_x = g e, grad_scale = grad_x x + gl (and grad_shift = g when asked) over n columns of a row.
+__attribute__((target("avx512f,fma"))) void backward_row_exp_avx512(const float* x, const float* sc, const float* gy,
+                                                                   float gl, float* gx, float* gt, float* ga,
+                                                                   int64_t n) {
+  const __m512 glv = _mm512_set1_ps(gl);
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    const __m512 g = _mm512_loadu_ps(gy + c);
+    const __m512 gxv = _mm512_mul_ps(g, exp_avx512(_mm512_loadu_ps(sc + c)));
+    _mm512_storeu_ps(gx + c, gxv);
+    _mm512_storeu_ps(ga + c, _mm512_fmadd_ps(gxv, _mm512_loadu_ps(x + c), glv));
+    if (gt != nullptr) _mm512_storeu_ps(gt + c, g);
+  }
+  if (c < n) {  // the last columns, masked
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - c)) - 1u);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gy + c);
+    const __m512 gxv = _mm512_mul_ps(g, exp_avx512(_mm512_maskz_loadu_ps(m, sc + c)));
+    _mm512_mask_storeu_ps(gx + c, m, gxv);
+    _mm512_mask_storeu_ps(ga + c, m, _mm512_fmadd_ps(gxv, _mm512_maskz_loadu_ps(m, x + c), glv));
+    if (gt != nullptr) _mm512_mask_storeu_ps(gt + c, m, g);
+  }
+}
+
+bool have_avx512() {
+  static const bool have = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return have;
+}
+#endif
+
+// CONTIG: x, shift and scale have unit column strides. grad_y may have any strides then: a row
+// slice of a strided grad_y (such as the expanded ones autograd passes for `y.sum()`, column
+// stride 0) is first copied into a small contiguous buffer, so the vectorised loop still runs.
 template <typename T, ScaleFn FN, bool INV, bool CONTIG>
 PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0, int64_t r1, int64_t c0,
                                     int64_t c1) {
@@ -108,10 +174,11 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
   const int64_t ts = CONTIG ? 1 : a.shift.col_stride;
   const int64_t as = CONTIG ? 1 : a.scale.col_stride;
   const int64_t gs = CONTIG ? 1 : a.grad_y.col_stride;
+  const bool stage_grad_y = CONTIG && a.grad_y.col_stride != 1;
   const bool write_shift = a.grad_shift != nullptr;
   if constexpr (CONTIG) {
-    if (narrow_packed(a.cols, c0, c1, {a.x.row_stride, a.shift.row_stride, a.scale.row_stride,
-                                       a.grad_y.row_stride})) {
+    if (!stage_grad_y && narrow_packed(a.cols, c0, c1, {a.x.row_stride, a.shift.row_stride, a.scale.row_stride,
+                                                        a.grad_y.row_stride})) {
       // Few columns: one flat, vectorisable loop over the tile (see forward_tile), the row's
       // ladj gradient spread over its columns first.
       const int64_t n = (r1 - r0) * a.cols;
@@ -140,17 +207,41 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
       return;
     }
   }
+  T gy_row[CONTIG ? cpu::kTile : 1];  // a tile never spans more than kTile columns of one row
+  const int64_t n = c1 - c0;
+#if defined(PTF_AVX512_ROWS)
+  const bool avx512 = have_avx512();
+#endif
   for (int64_t r = r0; r < r1; ++r) {
-    const T* x = static_cast<const T*>(a.x.data) + r * a.x.row_stride;
-    const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
-    const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride;
-    const T* gy = static_cast<const T*>(a.grad_y.data) + r * a.grad_y.row_stride;
+    // Pointers to column c0 of row r; the loop below runs over the tile's n columns.
+    const T* x = static_cast<const T*>(a.x.data) + r * a.x.row_stride + c0 * xs;
+    const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride + c0 * ts;
+    const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride + c0 * as;
+    const T* gy = static_cast<const T*>(a.grad_y.data) + r * a.grad_y.row_stride + c0 * a.grad_y.col_stride;
+    if (stage_grad_y && n > 0) {  // (an empty grad_y may have no memory at all)
+      const int64_t stride = a.grad_y.col_stride;
+      if (stride == 0) {
+        const T v = gy[0];
+        for (int64_t c = 0; c < n; ++c) gy_row[c] = v;
+      } else {
+        for (int64_t c = 0; c < n; ++c) gy_row[c] = gy[c * stride];
+      }
+      gy = gy_row;
+    }
     const C gl = static_cast<C>(static_cast<const L*>(a.grad_ladj.data)[r * a.grad_ladj.stride]);
-    T* gx = static_cast<T*>(a.grad_x) + r * a.cols;
-    T* gt = write_shift ? static_cast<T*>(a.grad_shift) + r * a.cols : nullptr;
-    T* ga = static_cast<T*>(a.grad_scale) + r * a.cols;
+    T* gx = static_cast<T*>(a.grad_x) + r * a.cols + c0;
+    T* gt = write_shift ? static_cast<T*>(a.grad_shift) + r * a.cols + c0 : nullptr;
+    T* ga = static_cast<T*>(a.grad_scale) + r * a.cols + c0;
+#if defined(PTF_AVX512_ROWS)
+    if constexpr (CONTIG && !INV && FN == ScaleFn::Exp && std::is_same_v<T, float>) {
+      if (avx512) {
+        backward_row_exp_avx512(x, sc, gy, gl, gx, gt, ga, n);
+        continue;
+      }
+    }
+#endif
 #pragma omp simd
-    for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t c = 0; c < n; ++c) {
       C gxv, gtv, gav;
       backward_element<C, FN, INV>(cpu::load(x[c * xs]), INV ? cpu::load(t[c * ts]) : C(0), cpu::load(sc[c * as]),
                                    cpu::load(gy[c * gs]), gl, clamp, gxv, gtv, gav);
@@ -249,8 +340,7 @@ void affine_coupling_forward_cpu(const AffineCouplingForward& a, int num_threads
 }
 
 void affine_coupling_backward_cpu(const AffineCouplingBackward& a, int num_threads) {
-  const bool contiguous =
-      a.x.col_stride == 1 && a.shift.col_stride == 1 && a.scale.col_stride == 1 && a.grad_y.col_stride == 1;
+  const bool contiguous = a.x.col_stride == 1 && a.shift.col_stride == 1 && a.scale.col_stride == 1;
   dispatch<Backward>(a, contiguous, num_threads);
 }
 
