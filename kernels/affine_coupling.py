@@ -40,7 +40,8 @@ def _softplus(z):
 
 
 # nflows' floor on the multiplier: sigmoid(a + 2) + SIGMOID_EPS.
-SIGMOID_EPS: tl.constexpr = 1e-3
+# (a constexpr value: compiled kernels may read only constexpr globals)
+SIGMOID_EPS = tl.constexpr(1e-3)
 
 
 @triton.jit
