@@ -12,6 +12,9 @@ import triton.language as tl
 
 MAX_BLOCK_F = 1024
 TILE_ELEMENTS = 2048
+# 8 warps: 8 elements of a tile per thread. With 4, ptxas spilled registers in
+# float64 tiles with noise (benchmarks/results/kernel-resources.md).
+WARPS = 8
 
 
 @triton.jit
@@ -98,5 +101,5 @@ def lincomb(inputs, coeffs, coeff_rows, out, noise, noise_std, noise_rows, seed,
     compute = tl.float64 if out.dtype == torch.float64 else tl.float32
     _lincomb_kernel[grid](
         *args, N=n, ROW_COEFF=row_coeff, NOISE=noise, ROW_NOISE=noise_rows is not None,
-        ROW_SEED=seed_rows is not None, COMPUTE=compute, BLOCK_R=block_r, BLOCK_F=block_f,
+        ROW_SEED=seed_rows is not None, COMPUTE=compute, BLOCK_R=block_r, BLOCK_F=block_f, num_warps=WARPS,
     )
