@@ -98,7 +98,8 @@ def test_problems_flags_spills_stack_and_shared_memory():
     kr = _script_module()
     ok = dict(op="x", kernel="_k", specialisation="s", target="sm_80", num_warps=4, regs=40, spill_stores=0,
               spill_loads=0, stack=0, local=0, shared=1024)
-    base = dict(triton=dict(rows=[ok], kernels={"x": ["_k"]}, targets=[f"sm_{c}" for c in kr.REQUIRED_TARGETS]))
+    base = dict(triton=dict(rows=[ok], kernels={"x": ["_k"]}, targets=[f"sm_{c}" for c in kr.REQUIRED_TARGETS],
+                            all_targets=True))
     assert kr.problems(base) == []
     for change in (dict(spill_stores=4), dict(spill_loads=4), dict(stack=8), dict(local=16),
                    dict(shared=kr.TRITON_SHARED_LIMIT + 1)):
@@ -106,6 +107,8 @@ def test_problems_flags_spills_stack_and_shared_memory():
         assert len(kr.problems(bad)) == 1, change
     missing = dict(base, triton=dict(base["triton"], kernels={"x": ["_k", "_other_kernel"]}))
     assert "no launcher produced" in kr.problems(missing)[0]
+    no_sm86 = dict(base, triton=dict(base["triton"], targets=["sm_80", "sm_89", "sm_90"]))
+    assert "sm_86 was not compiled" in kr.problems(no_sm86)[0]
 
 
 def test_ptxas_report_is_parsed():
