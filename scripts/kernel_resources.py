@@ -602,8 +602,9 @@ def write_markdown(table: dict, path: Path) -> None:
                   f"{sum(len(v) for v in tri['kernels'].values())} kernels from the launchers run on meta tensors "
                   f"({tri['coverage']} coverage of the launcher inputs; cases per op: "
                   + ", ".join(f"{k} {v}" for k, v in tri["cases_per_op"].items()) + "), targets "
-                  + ", ".join(tri["targets"]) + " (newer targets tried and not supported by this Triton: "
-                  + (", ".join(tri["unsupported_targets"]) or "none") + ")."]
+                  + ", ".join(tri["targets"])
+                  + (" (newer targets tried and not supported by this Triton: "
+                     + (", ".join(tri["unsupported_targets"]) or "none") + ")." if tri.get("all_targets") else ".")]
     if cu:
         lines += [f"CUDA: `cuobjdump --dump-resource-usage` ({cu['cuobjdump']}) on the built `{cu['module']}`: machine "
                   f"code for {', '.join(cu['elf_archs'])}, PTX for {', '.join(cu['ptx_archs']) or 'none'} "
