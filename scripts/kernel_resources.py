@@ -674,7 +674,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 on any problem")
     parser.add_argument("--deadline", type=float, help="stop compiling after this many seconds")
     parser.add_argument("--list", action="store_true",
-                        help="print the kernels and the specialisations their launchers produce as JSON, compile nothing")
+                        help="print the kernels and their launchers' specialisations as JSON, compile nothing")
     args = parser.parse_args(argv)
 
     if args.list:
