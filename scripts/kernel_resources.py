@@ -549,8 +549,9 @@ def problems(table: dict) -> list[str]:
                 continue
             allowed = _allowed_stack(r["kernel"], r["target"])
             if r["spill_stores"] or r["spill_loads"] or r["local"] or r["stack"] > allowed:
-                found.append(f"{where}: spill stores {r['spill_stores']} B, loads {r['spill_loads']} B, "
-                             f"stack {r['stack']} B, local {r['local']} B")
+                spills = "" if r["spill_stores"] is None else (
+                    f"spill stores {r['spill_stores']} B, loads {r['spill_loads']} B, ")
+                found.append(f"{where}: {spills}stack {r['stack']} B (allowed {allowed} B), local {r['local']} B")
             if r["shared"] > limit:
                 found.append(f"{where}: {r['shared']} B of shared memory, over the {limit} B limit")
     cu = table.get("cuda")
