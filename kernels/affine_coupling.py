@@ -14,6 +14,9 @@ import triton.language as tl
 
 MAX_BLOCK_F = 1024
 TILE_ELEMENTS = 2048
+# 8 warps: 8 elements of a tile per thread. With 4, ptxas spilled registers on
+# sm_80 (benchmarks/results/kernel-resources.md has every specialisation).
+BACKWARD_WARPS = 8
 
 
 @triton.jit
@@ -40,7 +43,8 @@ def _softplus(z):
 
 
 # nflows' floor on the multiplier: sigmoid(a + 2) + SIGMOID_EPS.
-SIGMOID_EPS: tl.constexpr = 1e-3
+# (a constexpr value: compiled kernels may read only constexpr globals)
+SIGMOID_EPS = tl.constexpr(1e-3)
 
 
 @triton.jit
@@ -201,4 +205,5 @@ def backward(grad_y, grad_ladj, x, shift, scale, grad_x, grad_shift, grad_scale,
         rows, cols, clamp,
         SCALE_FN=scale_fn, INVERSE=inverse, WRITE_SHIFT=grad_shift is not None,
         COMPUTE=_compute_dtype(x.dtype), BLOCK_R=block_r, BLOCK_F=block_f,
+        num_warps=BACKWARD_WARPS,
     )

@@ -12,6 +12,10 @@ import triton.language as tl
 
 MAX_BLOCK_F = 1024
 TILE_ELEMENTS = 2048
+# Warps per program: float64 tiles take 8 (8 elements per thread; with 4, ptxas
+# spilled registers in tiles with noise); float32 tiles keep 4 (with 8, ptxas
+# spilled in a noise tile on sm_80). See benchmarks/results/kernel-resources.md.
+WARPS_FLOAT64, WARPS_FLOAT32 = 8, 4
 
 
 @triton.jit
@@ -99,4 +103,5 @@ def lincomb(inputs, coeffs, coeff_rows, out, noise, noise_std, noise_rows, seed,
     _lincomb_kernel[grid](
         *args, N=n, ROW_COEFF=row_coeff, NOISE=noise, ROW_NOISE=noise_rows is not None,
         ROW_SEED=seed_rows is not None, COMPUTE=compute, BLOCK_R=block_r, BLOCK_F=block_f,
+        num_warps=WARPS_FLOAT64 if out.dtype == torch.float64 else WARPS_FLOAT32,
     )

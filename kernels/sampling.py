@@ -169,7 +169,7 @@ def _setup_kernel(
 def _histogram_kernel(
     X, x_rs, x_cs, n_cols, n_chunks, ROW_M, ROW_T, ACTIVE, PREFIX, ROW_LOW, PART_N, PART_W, shift,
     USE_LOW: tl.constexpr, KEY_BITS: tl.constexpr, COMPUTE: tl.constexpr, CHUNK: tl.constexpr,
-    TILE: tl.constexpr, BINS: tl.constexpr,
+    TILE: tl.constexpr, BINS: tl.constexpr, RADIX_BITS: tl.constexpr,
 ):
     """Counts and float64 masses, per digit (bits [shift, shift + RADIX_BITS) of the key), of
     the chunk's columns whose key agrees with the row's prefix above the digit (and is at least
@@ -420,7 +420,7 @@ def run(logits, params, uniform, seed, offset, tokens, logprobs, status, filtere
     p_tensor, p_number = params["top_p"]
     part_n = empty(torch.int32, rows, n_chunks, BINS)
     part_w = empty(torch.float64, rows, n_chunks, BINS)
-    common = dict(KEY_BITS=key_bits, COMPUTE=compute, CHUNK=chunk, TILE=tile, BINS=BINS)
+    common = dict(KEY_BITS=key_bits, COMPUTE=compute, CHUNK=chunk, TILE=tile, BINS=BINS, RADIX_BITS=RADIX_BITS)
     searches = []
     if k_tensor is not None or 0 < k_number < cols:
         searches.append((k_active, k_prefix, k_target, False))

@@ -25,7 +25,7 @@ import triton.language as tl
 COSINE_EPS = 1e-12
 # Candidates kept per row by the scan (a power of two, at least 2k).
 MIN_CANDIDATES = 8
-_BIG = 2**31 - 1
+_BIG = tl.constexpr(2**31 - 1)  # constexpr: compiled kernels may read only constexpr globals
 
 
 @triton.jit
