@@ -144,6 +144,17 @@ def test_cuda_kernels_have_code_for_every_architecture_and_no_spills(tmp_path):
     assert len({r["kernel"] for r in cuda["rows"]}) > 10
 
 
+def test_cuda_architecture_defaults_agree():
+    """pip (pyproject.toml) and a plain CMake build default to the same four architectures."""
+    import re
+    import tomllib
+
+    cmake = re.search(r'set\(PYPROBTF_CUDA_ARCHITECTURES\s+"([^"]+)"', (ROOT / "CMakeLists.txt").read_text()).group(1)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    default = pyproject["tool"]["scikit-build"]["cmake"]["define"]["PYPROBTF_CUDA_ARCHITECTURES"]["default"]
+    assert cmake == default == "80-real;86-real;89-real;90"
+
+
 @pytest.mark.acceptance
 @needs_nvidia
 def test_every_triton_kernel_compiles_for_every_target_without_spills(tmp_path):
