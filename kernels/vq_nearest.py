@@ -276,6 +276,9 @@ def forward(x, codebook, indices, dist, metric: int, fast: bool) -> None:
         block_m, block_n, block_d = (16, 16, 16) if interpreting else (32, 32, 16)
     else:
         block_m, block_n, block_d = (16, 16, 16) if interpreting else (64, 64, 32)
+    # 64 x 64 tiles with 4 warps need more than 255 registers a thread (ptxas spills, sm_80):
+    # 8 warps share the tile (scripts/kernel_resources.py --ops vq_nearest).
+    warps = 8 if block_m * block_n >= 64 * 64 else 4
     cand = max(MIN_CANDIDATES, _next_power_of_2(2 * k))
     grid = (triton.cdiv(n, block_m),)
     _scan_kernel[grid](
@@ -284,9 +287,9 @@ def forward(x, codebook, indices, dist, metric: int, fast: bool) -> None:
         n, codes, dim, k, alpha, abs(alpha), x_coef, 3.0 * u, abs_term, score_limit,
         METRIC=metric, DOT=dot_dtype, ACC=tl.float64 if double else tl.float32,
         PRECISION="tf32" if fast else "ieee",
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CAND=cand,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CAND=cand, num_warps=warps,
     )
     _exact_kernel[grid](
         x, *x.stride(), codebook, *codebook.stride(), norm, flags, indices, dist, n, codes, dim, k,
-        METRIC=metric, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        METRIC=metric, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps,
     )
