@@ -50,9 +50,10 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "0"  # before triton is imported (pyprobtf would choose the interpreter)
-os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas -v report on stdout, parsed below
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
+if __name__ == "__main__":  # run as a script (its own process); imported, e.g. by tests, it changes nothing
+    os.environ["TRITON_INTERPRET"] = "0"  # before triton is imported: the interpreter's kernels cannot compile
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas -v report on stdout, parsed below
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -130,8 +130,14 @@ def _load_triton():
     """pyprobtf.kernels, compiled for the GPU, or for Triton's interpreter on a machine without CUDA."""
     if importlib.util.find_spec("triton") is None:
         return None, "triton is not installed"
-    if not triton_interpreting() or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if not triton_interpreting():
         return importlib.import_module("pyprobtf.kernels"), ""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        kernels = importlib.import_module("pyprobtf.kernels")
+        if type(kernels.affine_coupling._forward_kernel).__name__ != "InterpretedFunction":
+            return None, ("no CUDA device, and pyprobtf's Triton kernels were imported before TRITON_INTERPRET=1 "
+                          "was set: they can only be compiled for a GPU")
+        return kernels, ""
     if "triton" in sys.modules:
         return None, ("no CUDA device, and triton was imported before pyprobtf could choose its interpreter: "
                       "set TRITON_INTERPRET=1 before importing triton to run pyprobtf's Triton kernels on CPU")
