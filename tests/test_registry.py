@@ -239,9 +239,9 @@ def test_enums_match_the_native_module():
     assert native["status"] == sampling.STATUS
 
 
-@pytest.mark.parametrize("module", ["pyprobtf.ops._cpp", "pyprobtf.ops._cuda", "pyprobtf.ops._triton"])
-def test_backend_modules_register_every_entry(module):
-    backend = module.rsplit("_", 1)[-1]
-    importlib.import_module(module)
+@pytest.mark.parametrize("module, backend", [("_native", "cpp"), ("_native", "cuda"), ("_triton", "triton"),
+                                             ("_fast_torch", "torch")])
+def test_backend_modules_register_every_entry(module, backend):
+    importlib.import_module(f"pyprobtf.ops.{module}")
     for op in _registry.OPS.values():
         assert backend in op.backends(), (op.name, backend)

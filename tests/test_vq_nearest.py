@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pyprobtf import reference
 from pyprobtf.ops import BackendUnavailableError, available_backends, vq_nearest
 from pyprobtf.ops._backends import triton_interpreting
-from pyprobtf.ops._cpp import forced_vq_isa as forced_cpp_isa, vq_isa_levels as cpp_isa_levels
+from pyprobtf.ops._native import forced_vq_isa as forced_cpp_isa, vq_isa_levels as cpp_isa_levels
 from pyprobtf.testing import DTYPES, LAYOUTS, make_tensor
 from pyprobtf.testing.ops import check_vq_nearest, check_vq_nearest_result
 

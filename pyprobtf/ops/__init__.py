@@ -2,7 +2,7 @@
 
 See :func:`available_backends` for what runs on this machine. Every op is
 declared once in :mod:`pyprobtf.ops._registry`; the backends register their
-kernels from their own modules (``_cpp``, ``_cuda``, ``_triton``, ``_fast_torch``).
+kernels from their own modules (``_native`` for ``cpp`` and ``cuda``, ``_triton``, ``_fast_torch``).
 """
 
 from pyprobtf.ops._backends import BackendStatus, BackendUnavailableError, available_backends
@@ -10,7 +10,7 @@ from pyprobtf.ops.affine_coupling import affine_coupling
 from pyprobtf.ops.lincomb import lincomb
 from pyprobtf.ops.sampling import filter_logits, sample_logits
 from pyprobtf.ops.vq_nearest import vq_nearest
-from pyprobtf.ops import _cpp, _cuda, _fast_torch, _triton  # noqa: E402,F401  (register their kernels)
+from pyprobtf.ops import _fast_torch, _native, _triton  # noqa: E402,F401  (register their kernels)
 
 __all__ = ["BackendStatus", "BackendUnavailableError", "affine_coupling", "available_backends", "filter_logits",
            "lincomb", "sample_logits", "vq_nearest"]

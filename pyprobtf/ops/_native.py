@@ -1,14 +1,22 @@
-"""Marshalling tensors for the native kernels, which see only integers.
+"""The native backends: ``cpp`` (``pyprobtf._C``, C++17 on CPU tensors) and ``cuda`` (``pyprobtf._C_cuda``).
 
-A tensor reaches C++ or CUDA as its data pointer and strides (in elements);
-the dtype as a small code that csrc/include/pyprobtf/common.h mirrors.
+Both fill outputs their op allocated, from 2-D strided views. A tensor
+reaches them as its data pointer and strides (in elements), the dtype as a
+small code that csrc/include/pyprobtf/common.h mirrors. The two modules take
+the same arguments but the last ones: the C++ kernels take torch's thread
+count; the CUDA kernels take a workspace from torch's allocator (so they can
+be captured in CUDA graphs) and the tensors' current stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
+
+from pyprobtf.ops._backends import cpp_module, cuda_module
+from pyprobtf.ops._registry import register_kernel
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
@@ -29,24 +37,13 @@ def mat(t: torch.Tensor) -> tuple[int, int, int]:
     return t.data_ptr(), t.stride(0), t.stride(1)
 
 
-def vec(t: torch.Tensor) -> tuple[int, int]:
-    """(pointer, stride) of a 1-D tensor."""
-    return t.data_ptr(), t.stride(0)
+def vec(t: torch.Tensor | None) -> tuple[int, int]:
+    """(pointer, stride) of a 1-D tensor; (0, 0) for an absent per-row tensor."""
+    return (0, 0) if t is None else (t.data_ptr(), t.stride(0))
 
 
-def cuda_stream(t: torch.Tensor) -> int:
-    """The current CUDA stream of ``t``'s device, as an integer handle."""
-    return torch.cuda.current_stream(t.device).cuda_stream
-
-
-def num_threads() -> int:
-    """Thread count for the C++ kernels: torch's own setting, so both agree."""
-    return torch.get_num_threads()
-
-
-def vec_or_none(t: torch.Tensor | None) -> tuple[int, int]:
-    """:func:`vec` of ``t``, or (0, 0) for an absent per-row tensor."""
-    return (0, 0) if t is None else vec(t)
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
 
 
 def _row_param(tensor: torch.Tensor | None, number) -> tuple[int, int, int | float]:
@@ -54,13 +51,91 @@ def _row_param(tensor: torch.Tensor | None, number) -> tuple[int, int, int | flo
     return (tensor.data_ptr(), tensor.stride(0), 0) if tensor is not None else (0, 0, number)
 
 
-def sampling_args(logits, params, uniform, seed, offset, tokens, logprobs, status, filtered) -> tuple:
-    """The native sampling kernels' common arguments; ``params`` maps names to (tensor or None, number)."""
-    p = {name: _row_param(*value) for name, value in params.items()}
-    return (
-        mat(logits), logits.shape[0], logits.shape[1], DTYPE_CODES[logits.dtype],
-        p["temperature"], p["top_k"], p["top_p"], p["min_p"],
-        vec_or_none(uniform), _row_param(*seed), _row_param(*offset),
-        0 if tokens is None else tokens.data_ptr(), 0 if logprobs is None else logprobs.data_ptr(),
-        status.data_ptr(), 0 if filtered is None else filtered.data_ptr(),
-    )
+# Instruction-set level of the C++ VQ scan: 0 = the best this CPU supports. Tests
+# force 1 (baseline x86-64), 3 (AVX2) or 4 (AVX-512) with `forced_vq_isa`.
+_vq_isa = [0]
+
+
+def vq_isa_levels() -> tuple[int, ...]:
+    """Instruction-set levels of the C++ VQ scan that run on this CPU."""
+    best = cpp_module().vq_nearest_best_isa()
+    return tuple(level for level in (1, 3, 4) if level <= best)
+
+
+@contextlib.contextmanager
+def forced_vq_isa(level: int):
+    """Run the C++ VQ scan at instruction-set ``level`` (one of :func:`vq_isa_levels`) inside the block."""
+    if level not in vq_isa_levels():
+        raise ValueError(f"vq_nearest: instruction-set level {level} does not run here; levels: {vq_isa_levels()}")
+    previous = _vq_isa[0]
+    _vq_isa[0] = level
+    try:
+        yield
+    finally:
+        _vq_isa[0] = previous
+
+
+def _cpp_tail(kernel: str, like: torch.Tensor, *sizes: int) -> tuple:
+    threads = torch.get_num_threads()  # torch's own setting, so both agree
+    return (_vq_isa[0], threads) if kernel == "vq_nearest" else (threads,)
+
+
+def _cuda_tail(kernel: str, like: torch.Tensor, *sizes: int) -> tuple:
+    stream = torch.cuda.current_stream(like.device).cuda_stream
+    nbytes = getattr(cuda_module(), f"{kernel}_workspace_bytes", None)
+    if nbytes is None:
+        return (stream,)
+    # Freed on return, which is safe: the caching allocator hands the block only
+    # to later work on this stream, which runs after the kernel.
+    return torch.empty(nbytes(*sizes), dtype=torch.uint8, device=like.device).data_ptr(), stream
+
+
+def _register(backend: str, module, tail) -> None:
+    @register_kernel("affine_coupling", backend)
+    def affine_coupling(x, shift, scale, y, ladj, scale_fn, clamp, inverse):
+        n, d = x.shape
+        module().affine_coupling_forward(
+            mat(x), mat(shift), mat(scale), y.data_ptr(), ladj.data_ptr(), n, d, DTYPE_CODES[x.dtype],
+            scale_fn, clamp, inverse, *tail("affine_coupling", x, n, d),
+        )
+
+    @register_kernel("affine_coupling_backward", backend)
+    def affine_coupling_backward(gy, gl, x, shift, scale, gx, gshift, gscale, scale_fn, clamp, inverse):
+        n, d = x.shape
+        module().affine_coupling_backward(
+            mat(x), mat(shift), mat(scale), mat(gy), vec(gl), gx.data_ptr(), _ptr(gshift), gscale.data_ptr(),
+            n, d, DTYPE_CODES[x.dtype], scale_fn, clamp, inverse, *tail("affine_coupling_backward", x),
+        )
+
+    @register_kernel("lincomb", backend)
+    def lincomb(rows, cv, ct, out2, noise, nv, nt, sv, st, offset):
+        module().lincomb(
+            [mat(r) for r in rows], cv, [vec(c) for c in ct], mat(out2), out2.shape[0], out2.shape[1],
+            DTYPE_CODES[out2.dtype], noise, nv, vec(nt), sv, vec(st), offset, *tail("lincomb", out2),
+        )
+
+    @register_kernel("sample_logits", backend)
+    @register_kernel("filter_logits", backend)
+    def sampling(logits, params, uniform, seed, offset, tokens, logprobs, status, filtered) -> bool:
+        """``params`` maps names to (tensor or None, number); True when a row needs the caller's attention."""
+        n, vocab = logits.shape
+        p = {name: _row_param(*value) for name, value in params.items()}
+        flagged = module().sample_logits(
+            mat(logits), n, vocab, DTYPE_CODES[logits.dtype], p["temperature"], p["top_k"], p["top_p"],
+            p["min_p"], vec(uniform), _row_param(*seed), _row_param(*offset), _ptr(tokens), _ptr(logprobs),
+            status.data_ptr(), _ptr(filtered), *tail("sample_logits", logits, n, vocab, DTYPE_CODES[logits.dtype]),
+        )
+        # The CUDA kernels leave the status check to the device (no host synchronisation).
+        return flagged is None or flagged > 0
+
+    @register_kernel("vq_nearest", backend)
+    def vq_nearest(x, codebook, indices, dist, metric, fast):
+        n, codes, dim, k = x.shape[0], codebook.shape[0], x.shape[1], indices.shape[1]
+        module().vq_nearest(
+            mat(x), mat(codebook), indices.data_ptr(), dist.data_ptr(), n, codes, dim, k, DTYPE_CODES[x.dtype],
+            metric, *tail("vq_nearest", x, n, codes, dim, k),
+        )
+
+
+_register("cpp", cpp_module, _cpp_tail)
+_register("cuda", cuda_module, _cuda_tail)

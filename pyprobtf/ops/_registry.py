@@ -4,7 +4,7 @@ An op module declares its op with :func:`define` (name, the order in which
 ``backend="auto"`` tries backends on each device type, the benchmark that
 times it and the self-check cases that verify it) and registers its
 reference implementation as the ``reference`` kernel: the spec, and the
-default. Backend modules (``_cpp``, ``_cuda``, ``_triton``, ``_fast_torch``)
+default. Backend modules (``_native`` for ``cpp`` and ``cuda``, ``_triton``, ``_fast_torch``)
 register their kernels for the op's entry points with :func:`register_kernel`.
 :func:`resolve` turns ``backend=`` into the backend that runs a call, and
 :func:`kernel` hands back its function.
