@@ -178,22 +178,20 @@ def is_gpu_verified(op: str, backend: str) -> bool:
     return bool(GPU_VERIFIED.get((op, backend)))
 
 
-def cpp_module():
-    module, why = _load_cpp()
+def _require(loaded):
+    module, why = loaded
     if module is None:
         raise BackendUnavailableError(why)
     return module
+
+
+def cpp_module():
+    return _require(_load_cpp())
 
 
 def cuda_module():
-    module, why = _load_cuda()
-    if module is None:
-        raise BackendUnavailableError(why)
-    return module
+    return _require(_load_cuda())
 
 
 def triton_kernels():
-    module, why = _load_triton()
-    if module is None:
-        raise BackendUnavailableError(why)
-    return module
+    return _require(_load_triton())

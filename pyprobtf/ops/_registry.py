@@ -80,14 +80,10 @@ def kernel(entry: str, backend: str) -> Callable:
     return _KERNELS[(entry, backend)]
 
 
-def _check_backend(op: str, backend) -> None:
-    if backend != "auto" and backend not in BACKEND_NAMES:
-        raise ValueError(f"{op}: `backend` must be one of {('auto',) + BACKEND_NAMES}; got {backend!r}")
-
-
 def check_backend(op: str, backend) -> str:
     """``backend`` if it names a backend (or ``"auto"``); a ValueError naming ``op`` otherwise."""
-    _check_backend(op, backend)
+    if backend != "auto" and backend not in BACKEND_NAMES:
+        raise ValueError(f"{op}: `backend` must be one of {('auto',) + BACKEND_NAMES}; got {backend!r}")
     return backend
 
 
@@ -113,7 +109,7 @@ def resolve(op: str, backend: str, device_type: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _resolve(op: str, backend: str, device_type: str, device_index: int) -> str:
-    _check_backend(op, backend)
+    check_backend(op, backend)
     statuses = _backends.available_backends()
     if backend == "auto":
         for name in OPS[op].auto.get(device_type, ()):
