@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pyprobtf.reference.affine_coupling import SIGMOID_EPS
-from pyprobtf.reference.philox import _KEY_A, _KEY_B, _MASK32, _ROUND_A, _ROUND_B
+from pyprobtf.reference.philox import KEY_A, KEY_B, MASK32, ROUND_A, ROUND_B
 from pyprobtf.reference.vq_nearest import COSINE_EPS, METRICS, vq_distances
 from pyprobtf.ops._registry import register_kernel
 from pyprobtf.seeds import signed_int64
@@ -160,26 +160,26 @@ def _philox_two_words(k0, k1, counter: torch.Tensor) -> tuple[torch.Tensor, torc
     Keys are ints or int64 tensors that broadcast against ``counter``. Every step
     after the first writes in place: four live state tensors, no allocation per op.
     """
-    c0 = counter & _MASK32
-    c1 = (counter >> 32).bitwise_and_(_MASK32)
+    c0 = counter & MASK32
+    c1 = (counter >> 32).bitwise_and_(MASK32)
     # Round 1 with c2 = c3 = 0: umulhi(B, 0) = mullo(B, 0) = 0, so c1 becomes 0.
-    p = c0.mul_(_ROUND_A)
-    c2 = (p >> 32).bitwise_and_(_MASK32).bitwise_xor_(k1)
-    c3 = p.bitwise_and_(_MASK32)
+    p = c0.mul_(ROUND_A)
+    c2 = (p >> 32).bitwise_and_(MASK32).bitwise_xor_(k1)
+    c3 = p.bitwise_and_(MASK32)
     c0 = c1.bitwise_xor_(k0)
     c1 = None  # zero
     for _ in range(9):
-        k0 = (k0 + _KEY_A) & _MASK32
-        k1 = (k1 + _KEY_B) & _MASK32
-        pa = c0.mul_(_ROUND_A)  # the old c0 and c2 are used only here
-        pb = c2.mul_(_ROUND_B)
-        c0 = (pb >> 32).bitwise_and_(_MASK32)
+        k0 = (k0 + KEY_A) & MASK32
+        k1 = (k1 + KEY_B) & MASK32
+        pa = c0.mul_(ROUND_A)  # the old c0 and c2 are used only here
+        pb = c2.mul_(ROUND_B)
+        c0 = (pb >> 32).bitwise_and_(MASK32)
         if c1 is not None:
             c0.bitwise_xor_(c1)
         c0.bitwise_xor_(k0)
-        c2 = (pa >> 32).bitwise_and_(_MASK32).bitwise_xor_(c3).bitwise_xor_(k1)
-        c1 = pb.bitwise_and_(_MASK32)
-        c3 = pa.bitwise_and_(_MASK32)
+        c2 = (pa >> 32).bitwise_and_(MASK32).bitwise_xor_(c3).bitwise_xor_(k1)
+        c1 = pb.bitwise_and_(MASK32)
+        c3 = pa.bitwise_and_(MASK32)
     return c0, c1
 
 
@@ -197,11 +197,11 @@ def _noise(shape, seed, offset: int, device) -> torch.Tensor:
     if isinstance(seed, torch.Tensor):
         counter = torch.arange(per_row, dtype=torch.int64, device=device).add_(signed_int64(offset))
         keys = seed.to(device=device, dtype=torch.int64).reshape(rows, 1)
-        w0, w1 = _philox_two_words(keys & _MASK32, (keys >> 32) & _MASK32, counter.expand(rows, per_row))
+        w0, w1 = _philox_two_words(keys & MASK32, (keys >> 32) & MASK32, counter.expand(rows, per_row))
     else:
         counter = torch.arange(rows * per_row, dtype=torch.int64, device=device).add_(signed_int64(offset))
         key = signed_int64(seed) % 2**64
-        w0, w1 = _philox_two_words(key & _MASK32, key >> 32, counter)
+        w0, w1 = _philox_two_words(key & MASK32, key >> 32, counter)
     u0 = _uniform_float(w0).clamp_(min=1.0e-7)
     theta = torch.tensor(2 * math.pi, dtype=torch.float32) * _uniform_float(w1)
     return torch.sqrt(-2.0 * torch.log(u0)).mul_(torch.cos(theta)).reshape(shape)

@@ -15,9 +15,10 @@ import math
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
-_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
-_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
+# Philox4x32-10 constants (Salmon et al., 2011), shared by every implementation.
+MASK32 = 0xFFFFFFFF
+KEY_A, KEY_B = 0x9E3779B9, 0xBB67AE85
+ROUND_A, ROUND_B = 0xD2511F53, 0xCD9E8D57
 
 
 def _umulhi(a: int, b: torch.Tensor) -> torch.Tensor:
@@ -26,19 +27,19 @@ def _umulhi(a: int, b: torch.Tensor) -> torch.Tensor:
     b_hi, b_lo = b >> 16, b & 0xFFFF
     # a*b = a_hi*b_hi*2^32 + (a_hi*b_lo + a_lo*b_hi)*2^16 + a_lo*b_lo; each partial product < 2^32.
     mid = a_hi * b_lo + a_lo * b_hi + ((a_lo * b_lo) >> 16)  # < 2^34: exact in int64
-    return (a_hi * b_hi + (mid >> 16)) & _MASK32
+    return (a_hi * b_hi + (mid >> 16)) & MASK32
 
 
 def _mullo(a: int, b: torch.Tensor) -> torch.Tensor:
     """Low 32 bits of ``a * b``."""
     a_hi, a_lo = a >> 16, a & 0xFFFF
-    return (a_lo * b + ((a_hi * (b & 0xFFFF)) << 16)) & _MASK32
+    return (a_lo * b + ((a_hi * (b & 0xFFFF)) << 16)) & MASK32
 
 
 def _split64(value) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo32, hi32) of 64-bit integers given as int64 tensors (two's complement)."""
-    lo = value & _MASK32
-    hi = (value >> 32) & _MASK32  # arithmetic shift, then masked: the unsigned high word
+    lo = value & MASK32
+    hi = (value >> 32) & MASK32  # arithmetic shift, then masked: the unsigned high word
     return lo, hi
 
 
@@ -53,12 +54,12 @@ def philox4x32_10(seed: torch.Tensor | int, counter: torch.Tensor | int) -> tupl
     c3 = torch.zeros_like(c0)
     for _ in range(10):
         old0, old2 = c0, c2
-        c0 = _umulhi(_ROUND_B, old2) ^ c1 ^ k0
-        c2 = _umulhi(_ROUND_A, old0) ^ c3 ^ k1
-        c1 = _mullo(_ROUND_B, old2)
-        c3 = _mullo(_ROUND_A, old0)
-        k0 = (k0 + _KEY_A) & _MASK32
-        k1 = (k1 + _KEY_B) & _MASK32
+        c0 = _umulhi(ROUND_B, old2) ^ c1 ^ k0
+        c2 = _umulhi(ROUND_A, old0) ^ c3 ^ k1
+        c1 = _mullo(ROUND_B, old2)
+        c3 = _mullo(ROUND_A, old0)
+        k0 = (k0 + KEY_A) & MASK32
+        k1 = (k1 + KEY_B) & MASK32
     return c0, c1, c2, c3
 
 
