@@ -23,7 +23,7 @@ from pyprobtf.testing.ops import check_affine_coupling_backward, check_affine_co
 from pyprobtf.testing import DTYPES, LAYOUTS, batch_shapes, make_tensor
 
 SCALE_FNS = ("exp", "softclamp", "sigmoid", "softclip", "sigmoid_eps", "inv_sigmoid")
-CPU_BACKENDS = ["reference", "cpp"]
+CPU_BACKENDS = ["reference", "cpp", "torch"]
 GPU_BACKENDS = ["reference", "cuda", "triton"]
 HAS_CUDA = torch.cuda.is_available()
 TRITON_EXAMPLES = int(os.environ.get("PYPROBTF_TRITON_EXAMPLES", "25"))

@@ -1,11 +1,11 @@
-"""pyprobtf.ops._fast_torch (the eager-PyTorch fallback) against the float64 references.
+"""The ``torch`` backend (pyprobtf.ops._fast_torch): what the op tests do not cover.
 
-The checks are the project's own (pyprobtf.testing.ops and .sampling, the ones
-every backend meets): for each test the public op names those checks call are
-pointed at the fast functions, and hypothesis draws shapes, layouts, dtypes and
-parameters. On top: bit-identical Philox noise, identical sampled tokens and
-vq indices to the reference (ties included), the vq fallback for rows the
-float32 scan cannot certify, and that no function reads a value back to the host.
+tests/test_affine_coupling.py, test_lincomb.py, test_sampling.py and
+test_vq_nearest.py hold this backend to the project's checks through the
+public ops (``backend="torch"``), like every other backend. Here: bit-identical
+Philox noise, the same sampled tokens and vq indices as the reference (ties
+included), the vq fallback for rows the float32 scan cannot certify, and that
+no function reads a value back to the host.
 """
 
 from __future__ import annotations
@@ -18,115 +18,18 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import pyprobtf.ops
 import pyprobtf.testing.ops as check_ops
 import pyprobtf.testing.sampling as check_sampling
 from pyprobtf import reference
 from pyprobtf.ops import _fast_torch as fast
 from pyprobtf.reference.lincomb import noise as reference_noise
-from pyprobtf.testing import DTYPES, LAYOUTS, batch_shapes, make_tensor
+from pyprobtf.testing import DTYPES, batch_shapes, make_tensor
 
 SCALE_FNS = ("exp", "softclamp", "sigmoid", "softclip", "sigmoid_eps", "inv_sigmoid")
 METRICS = ("l2", "cosine", "dot")
-BACKEND = "fast_torch"  # a label only: the checks' op calls are redirected to the fast functions
-
-
-# ----------------------------------------------------------------------------- the ops' signatures, on fast
-
-
-class _AffineCoupling(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, shift, scale, scale_fn, clamp, inverse):
-        ctx.save_for_backward(x, shift, scale)
-        ctx.options = (scale_fn, clamp, inverse)
-        return fast.affine_coupling(x, shift, scale, scale_fn, clamp, inverse)
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_ladj):
-        x, shift, scale = ctx.saved_tensors
-        grads = fast.affine_coupling_backward(grad_y, grad_ladj, x, shift, scale, *ctx.options)
-        return (*grads, None, None, None)
-
-
-def _affine_coupling(x, shift, scale, *, scale_fn="exp", clamp=2.0, inverse=False, backend=None):
-    return _AffineCoupling.apply(x, shift, scale, scale_fn, clamp, inverse)
-
-
-def _lincomb(tensors, coeffs, *, noise_std=0.0, seed=None, offset=0, out=None, backend=None):
-    result = fast.lincomb(list(tensors), list(coeffs), noise_std, seed, offset)
-    return result if out is None else out.copy_(result)
-
-
-def _vq_nearest(x, codebook, *, metric="l2", k=1, precision="exact", backend=None):
-    return fast.vq_nearest(x, codebook, metric, k)
-
-
-def _sample_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, uniform=None,
-                   return_logprobs=False, backend=None):
-    tokens, logprobs = fast.sample_logits(logits, uniform, temperature, top_k, top_p, min_p)
-    return (tokens, logprobs) if return_logprobs else tokens
-
-
-def _filter_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, backend=None):
-    return fast.filter_logits(logits, temperature, top_k, top_p, min_p)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _checks_call_fast():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(check_ops, "affine_coupling", _affine_coupling)
-        mp.setattr(pyprobtf.ops, "lincomb", _lincomb)  # check_lincomb imports it when called
-        mp.setattr(pyprobtf.ops, "vq_nearest", _vq_nearest)  # so does check_vq_nearest
-        mp.setattr(check_sampling, "sample_logits", _sample_logits)
-        mp.setattr(check_sampling, "filter_logits", _filter_logits)
-        yield
-
-
-# ----------------------------------------------------------------------------- affine_coupling
-
-affine_case = st.fixed_dictionaries(
-    {
-        "dtype": st.sampled_from(DTYPES),
-        "shape": batch_shapes(),
-        "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=3, max_size=3),
-        "scale_fn": st.sampled_from(SCALE_FNS),
-        "clamp": st.sampled_from([0.5, 1.0, 2.0, 5.0]),
-        "inverse": st.booleans(),
-        "seed": st.integers(0, 2**16),
-    }
-)
-
-
-@given(c=affine_case)
-def test_affine_coupling_matches_reference(c):
-    args = (BACKEND, "cpu", c["dtype"], c["shape"], c["layouts"], c["scale_fn"], c["clamp"], c["inverse"], c["seed"])
-    check_ops.check_affine_coupling_forward(*args)
-    check_ops.check_affine_coupling_backward(*args)
 
 
 # ----------------------------------------------------------------------------- lincomb
-
-lincomb_case = st.fixed_dictionaries(
-    {
-        "dtype": st.sampled_from(DTYPES),
-        "shape": batch_shapes(min_batch=0, max_batch=6),
-        "n": st.integers(1, 4),
-        "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=4, max_size=4),
-        "coeff_tensors": st.lists(st.booleans(), min_size=4, max_size=4),
-        "noise": st.sampled_from(["none", "number", "tensor"]),
-        "seed_kind": st.sampled_from(["int", "tensor"]),
-        "seed": st.integers(-(2**63), 2**64 - 1),
-        "offset": st.integers(-(2**63), 2**63 - 1),
-        "out_kind": st.sampled_from(["new", "alias", "strided"]),
-        "ex_seed": st.integers(0, 2**16),
-    }
-)
-
-
-@given(c=lincomb_case)
-def test_lincomb_matches_reference(c):
-    check_ops.check_lincomb(BACKEND, "cpu", c["dtype"], c["shape"], c["n"], c["layouts"], c["coeff_tensors"],
-                            c["noise"], c["seed_kind"], c["seed"], c["offset"], c["out_kind"], c["ex_seed"])
 
 
 @given(shape=batch_shapes(min_batch=1, max_batch=5), seed=st.integers(-(2**63), 2**64 - 1),
@@ -148,44 +51,6 @@ def test_noise_counter_words_wrap():
 
 
 # ----------------------------------------------------------------------------- sampling
-
-TEMPERATURES = [1.0, 0.0, 0.7, 1.6]
-TOP_KS = [0, 1, 2, 5, 50, 2000]
-TOP_PS = [1.0, 0.9, 0.5, 0.1, 0.97]
-MIN_PS = [0.0, 0.02, 0.3]
-
-
-def _draw_params(data, rows):
-    """Each parameter a number or, sometimes, a per-row tensor of such numbers (as tests/test_sampling.py)."""
-    out = []
-    for choices, dtype in ((TEMPERATURES, torch.float64), (TOP_KS, torch.int64), (TOP_PS, torch.float64),
-                           (MIN_PS, torch.float64)):
-        if data.draw(st.booleans()):
-            out.append(data.draw(st.sampled_from(choices)))
-        else:
-            tensor_dtype = data.draw(st.sampled_from([dtype, torch.int32 if dtype == torch.int64 else torch.float32]))
-            values = check_sampling.row_values(choices, rows, data.draw(st.integers(0, 99)), dtype)
-            out.append(values.to(tensor_dtype))
-    return out
-
-
-@given(dtype=st.sampled_from(DTYPES), rows=st.integers(0, 6), cols=st.integers(1, 300),
-       layout=st.sampled_from(["contiguous", "transposed", "sliced"]), kind=st.sampled_from(check_sampling.KINDS),
-       seed=st.integers(0, 2**16), data=st.data())
-def test_sampling_matches_reference(dtype, rows, cols, layout, kind, seed, data):
-    logits = check_sampling.make_logits(rows, cols, dtype, layout, kind, seed)
-    params = check_sampling.clear_top_p(logits, _draw_params(data, rows))
-    uniform = torch.rand(rows, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    check_sampling.check_sample_logits(BACKEND, "cpu", logits, *params, uniform)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_sampling_ties(dtype):
-    check_sampling.check_ties(BACKEND, "cpu", dtype)
-
-
-def test_sampling_tail():
-    check_sampling.check_tail(BACKEND, "cpu")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -211,26 +76,6 @@ def test_sampling_same_tokens_as_reference(dtype):
 
 
 # ----------------------------------------------------------------------------- vq_nearest
-
-vq_case = st.fixed_dictionaries(
-    {
-        "dtype": st.sampled_from(DTYPES),
-        "n": st.integers(0, 40),
-        "codes": st.integers(1, 90),
-        "dim": st.integers(0, 21),
-        "k": st.integers(1, 6),
-        "metric": st.sampled_from(METRICS),
-        "x_layout": st.sampled_from(LAYOUTS),
-        "e_layout": st.sampled_from(LAYOUTS),
-        "seed": st.integers(0, 2**16),
-    }
-)
-
-
-@given(c=vq_case)
-def test_vq_nearest_meets_contract(c):
-    check_ops.check_vq_nearest(BACKEND, "cpu", c["dtype"], c["n"], c["codes"], c["dim"], c["k"], c["metric"],
-                               c["x_layout"], c["e_layout"], c["seed"])
 
 
 @given(dtype=st.sampled_from(DTYPES), n=st.integers(0, 50), codes=st.integers(1, 300), dim=st.integers(1, 40),
@@ -308,7 +153,7 @@ def test_vq_nearest_rows_beyond_the_exact_capacity():
 def test_vq_nearest_fixed_cases():
     """The fixed cases `pyprobtf check` runs on every backend (up to 1000 codes of 130 dimensions), in float32
     (the other dtypes run through the hypothesis tests above)."""
-    for case in check_ops.REGISTRY["vq_nearest"](BACKEND, "cpu", torch.float32):
+    for case in check_ops.REGISTRY["vq_nearest"]("torch", "cpu", torch.float32):
         case()
 
 

@@ -28,7 +28,7 @@ from pyprobtf.testing import DTYPES, LAYOUTS, batch_shapes, make_tensor
 from pyprobtf.testing.ops import LINCOMB_NOISE_ATOL as NOISE_ATOL
 from pyprobtf.testing.ops import check_lincomb
 
-CPU_BACKENDS = ["reference", "cpp"]
+CPU_BACKENDS = ["reference", "cpp", "torch"]
 GPU_BACKENDS = ["reference", "cuda", "triton"]
 TRITON_EXAMPLES = int(os.environ.get("PYPROBTF_TRITON_EXAMPLES", "25"))
 

@@ -29,7 +29,7 @@ from pyprobtf.testing.sampling import (
     KINDS, check_sample_logits, check_tail, check_ties, clear_top_p, make_logits, row_values,
 )
 
-CPU_BACKENDS = ["reference", "cpp"]
+CPU_BACKENDS = ["reference", "cpp", "torch"]
 GPU_BACKENDS = ["reference", "cuda", "triton"]
 TRITON_EXAMPLES = int(os.environ.get("PYPROBTF_TRITON_EXAMPLES", "10"))
 

@@ -34,7 +34,11 @@ HAS_CUDA = torch.cuda.is_available()
 TRITON_EXAMPLES = int(os.environ.get("PYPROBTF_TRITON_EXAMPLES", "25"))
 ISA_LEVELS = cpp_isa_levels() if available_backends()["cpp"].available else ()
 # (backend, C++ instruction-set level): the C++ scan is compiled once per level.
-CPU_CASES = [("reference", 0)] + [("cpp", level) for level in ISA_LEVELS]
+CPU_CASES = [("reference", 0), ("torch", 0)] + [("cpp", level) for level in ISA_LEVELS]
+# The torch backend re-scores at most 16 + N/1024 uncertified rows exactly per call
+# (docs/ARCHITECTURE.md: counting them would make a GPU wait for the host); the tests
+# where every row is uncertified hold the other backends only.
+EXACT_CASES = [case for case in CPU_CASES if case[0] != "torch"]
 
 
 def triton_device() -> str:
@@ -123,7 +127,7 @@ def test_long_and_short_rows(backend, isa, dim):
         check_against_brute_force(x, e, indices, dist, metric, 3)
 
 
-@pytest.mark.parametrize("backend, isa", CPU_CASES)
+@pytest.mark.parametrize("backend, isa", EXACT_CASES)
 def test_close_codes_need_rescoring(backend, isa):
     # Codes closer to each other than float32 can resolve through |x|^2 - 2 x.e + |e|^2
     # (a large common offset): a float32-only search would get these wrong;
@@ -218,7 +222,7 @@ def test_nan_and_inf_like_reference(backend, isa):
     assert run(x, e, backend, isa, k=3)[0][1].tolist() == [0, 1, 2]
 
 
-@pytest.mark.parametrize("backend, isa", CPU_CASES)
+@pytest.mark.parametrize("backend, isa", EXACT_CASES)
 def test_huge_and_tiny_values(backend, isa):
     # Beyond float32's range for |x|^2 (1e20^2), and far below it (1e-30): the
     # scan cannot be trusted there and the exact float64 scan answers.
@@ -475,7 +479,7 @@ def test_bad_options(kwargs, error, match):
 # ----------------------------------------------------------------------------- torch integration
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_opcheck(backend, k):
     x = make_tensor((7, 5), torch.float32, "sliced", seed=1)
