@@ -26,6 +26,11 @@ numbers differ from diffusers' ``randn_tensor`` (same distribution). An explicit
 Options the fused update does not cover (``clip_sample``, ``thresholding``, learned
 variances, the DPM-Solver noise-prediction algorithms and third order, per-token
 timesteps) run the parent's ``step()`` unchanged.
+
+``FusedUniPCMultistepScheduler`` keeps the parent's ``step()`` and replaces the three
+updates it calls (model-output conversion, UniC corrector, UniP predictor) with one
+lincomb pass each (two for the order-3 corrector); ``thresholding``'s clamp stays the
+parent's, between the fused conversion and the fused updates.
 """
 
 from __future__ import annotations
@@ -421,12 +426,12 @@ class FusedUniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
     ``disable_corrector``, every sigma schedule (Karras, exponential, beta, flow, custom)
     and ``final_sigmas_type``. Run by the parent's code: the clamp of ``thresholding``
     (a non-linear step between the conversion and the updates, which stay fused), a
-    ``solver_p`` predictor, the deprecated positional-timestep call forms, and a step
-    whose coefficients are not finite: an update into a zero final sigma with
-    ``solver_type="bh1"`` or ``predict_x0=False`` (where the parent's own arithmetic
-    gives NaN: ``B(h) = -inf`` times its zero residual) or of order >= 2 (no
-    ``lower_order_final``): there the parent's update runs, so its result is returned
-    unchanged, NaN included.
+    ``solver_p`` predictor, the deprecated positional-timestep call forms, and an
+    update whose coefficients are not finite or whose small linear solve is singular,
+    i.e. into a zero final sigma with ``solver_type="bh1"`` or ``predict_x0=False``
+    (where the parent's own arithmetic gives NaN: ``B(h) = -inf`` times its zero
+    residual) or of order >= 2 (no ``lower_order_final``): there the parent's update
+    runs, so its result (NaN) or its error (a singular solve at order 3) is its own.
 
     Example:
         >>> pipe.scheduler = FusedUniPCMultistepScheduler.from_config(pipe.scheduler.config)
@@ -466,6 +471,14 @@ class FusedUniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
         return c_x, scale, h_phi_1, B_h, rks, numpy.array(R), numpy.array(b)
 
     @staticmethod
+    def _solve(R, b):
+        """The rhos: ``R rho = b``; NaNs when ``R`` is singular or not finite (the caller then runs the parent)."""
+        try:
+            return list(numpy.linalg.solve(R, b))
+        except (numpy.linalg.LinAlgError, ValueError):
+            return [numpy.nan] * len(b)
+
+    @staticmethod
     def _combine(c_x, scale, h_phi_1, B_h, rks, rhos, rho_t=None):
         """Coefficients of ``(x, m0, m_1.., [m_t])`` for ``c_x x - scale h_phi_1 m0 - scale B_h (sum rho_k D_k)``.
 
@@ -491,7 +504,7 @@ class FusedUniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
     def convert_model_output(self, model_output, *args, sample=None, **kwargs):
         if args or kwargs or sample is None:  # deprecated call forms: the parent's checks and warnings
             return super().convert_model_output(model_output, *args, sample=sample, **kwargs)
-        alpha_t, sigma_t, _ = self._alpha_sigma_lambda(self.step_index)
+        alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(numpy.float64(_host(self, "sigmas")[self.step_index]))
         prediction_type = self.config.prediction_type
         if self.predict_x0:
             if prediction_type == "epsilon":
@@ -532,7 +545,7 @@ class FusedUniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
             elif order == 2:
                 rhos = [0.5]
             else:
-                rhos = list(numpy.linalg.solve(R[:-1, :-1], b[:-1]))
+                rhos = self._solve(R[:-1, :-1], b[:-1])
             coeffs = self._combine(c_x, scale, h_phi_1, B_h, rks[:-1], rhos)
             # the parent multiplies scale * B_h by its (zero) order-1 residual too: NaN when B_h is infinite
             finite = numpy.all(numpy.isfinite([*coeffs, scale * B_h]))
@@ -550,7 +563,7 @@ class FusedUniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
         i = self.step_index
         with numpy.errstate(all="ignore"):
             c_x, scale, h_phi_1, B_h, rks, R, b = self._bh_coefficients(i, i - 1, order)
-            rhos = [0.5] if order == 1 else list(numpy.linalg.solve(R, b))
+            rhos = [0.5] if order == 1 else self._solve(R, b)
             coeffs = self._combine(c_x, scale, h_phi_1, B_h, rks[:-1], rhos[:-1], rho_t=rhos[-1])
             finite = numpy.all(numpy.isfinite(coeffs))
         if not finite:
