@@ -26,12 +26,18 @@ numbers differ from diffusers' ``randn_tensor`` (same distribution). An explicit
 Options the fused update does not cover (``clip_sample``, ``thresholding``, learned
 variances, the DPM-Solver noise-prediction algorithms and third order, per-token
 timesteps) run the parent's ``step()`` unchanged.
+
+``FusedUniPCMultistepScheduler`` keeps the parent's ``step()`` and replaces the three
+updates it calls (model-output conversion, UniC corrector, UniP predictor) with one
+lincomb pass each (two for the order-3 corrector); ``thresholding``'s clamp stays the
+parent's, between the fused conversion and the fused updates.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy
 import torch
 
 try:
@@ -56,6 +62,7 @@ __all__ = [
     "FusedEulerDiscreteScheduler",
     "FusedFlowMatchEulerDiscreteScheduler",
     "FusedHeunDiscreteScheduler",
+    "FusedUniPCMultistepScheduler",
 ]
 
 
@@ -388,3 +395,180 @@ class FusedFlowMatchEulerDiscreteScheduler(_diffusers.FlowMatchEulerDiscreteSche
         if not return_dict:
             return (prev_sample,)
         return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
+
+
+# ----------------------------------------------------------------------------- UniPC
+
+
+def _promoted(*tensors):
+    """``tensors`` cast to their promoted dtype, as diffusers' tensor arithmetic would compute."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
+class FusedUniPCMultistepScheduler(_diffusers.UniPCMultistepScheduler):
+    """``UniPCMultistepScheduler`` (UniP predictor, UniC corrector) with each update one fused pass.
+
+    ``step()`` is the parent's (its bookkeeping: ``step_index``, ``this_order``,
+    ``last_sample``, ``lower_order_nums``, ``disable_corrector``); the three updates it
+    calls are replaced. The predictor ``multistep_uni_p_bh_update`` and the corrector
+    ``multistep_uni_c_bh_update`` are linear in the sample and the stored (converted)
+    model outputs: their coefficients (``h``, ``rks``, ``B(h)`` and the ``rhos`` of the
+    small linear solve) are computed on the host in float64 from the parent's sigmas, in
+    diffusers' order, and the update is ONE :func:`~pyprobtf.ops.lincomb` pass (two for
+    the order-3 corrector, which combines five tensors). ``convert_model_output`` is one
+    pass too (none when it returns the model output itself).
+
+    Fused: ``solver_order`` 1/2/3, ``solver_type`` ``"bh1"``/``"bh2"``, ``predict_x0``
+    True/False, every prediction type the parent accepts, ``lower_order_final``,
+    ``disable_corrector``, every sigma schedule (Karras, exponential, beta, flow, custom)
+    and ``final_sigmas_type``. Run by the parent's code: the clamp of ``thresholding``
+    (a non-linear step between the conversion and the updates, which stay fused), a
+    ``solver_p`` predictor, the deprecated positional-timestep call forms, and an
+    update whose coefficients are not finite or whose small linear solve is singular,
+    i.e. into a zero final sigma with ``solver_type="bh1"`` or ``predict_x0=False``
+    (where the parent's own arithmetic gives NaN: ``B(h) = -inf`` times its zero
+    residual) or of order >= 2 (no ``lower_order_final``): there the parent's update
+    runs, so its result (NaN) or its error (a singular solve at order 3) is its own.
+
+    Example:
+        >>> pipe.scheduler = FusedUniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    """
+
+    def _alpha_sigma_lambda(self, index: int):
+        """``(alpha, sigma, lambda)`` at ``self.sigmas[index]`` in float64 (lambda = +inf at sigma 0)."""
+        alpha, sigma = self._sigma_to_alpha_sigma_t(numpy.float64(_host(self, "sigmas")[index]))
+        return alpha, sigma, numpy.log(alpha) - numpy.log(sigma)
+
+    def _bh_coefficients(self, index_t: int, index_s0: int, order: int):
+        """The scalars of a UniP/UniC update from ``sigmas[index_s0]`` to ``sigmas[index_t]``, as diffusers.
+
+        Returns ``(c_x, scale, h_phi_1, B_h, rks, R, b)``: the update is
+        ``c_x x - scale h_phi_1 m0 - scale B_h sum_k rho_k D_k``.
+        """
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(index_t)
+        alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(index_s0)
+        h = lambda_t - lambda_s0
+        rks = [(self._alpha_sigma_lambda(index_s0 - i)[2] - lambda_s0) / h for i in range(1, order)]
+        rks.append(numpy.float64(1.0))
+        hh = -h if self.predict_x0 else h
+        h_phi_1 = numpy.expm1(hh)  # h phi_1(h) = e^h - 1
+        h_phi_k = h_phi_1 / hh - 1
+        factorial_i = 1
+        B_h = hh if self.config.solver_type == "bh1" else numpy.expm1(hh)
+        R, b = [], []
+        for i in range(1, order + 1):
+            R.append([rk ** (i - 1) for rk in rks])
+            b.append(h_phi_k * factorial_i / B_h)
+            factorial_i *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial_i
+        if self.predict_x0:
+            c_x, scale = sigma_t / sigma_s0, alpha_t
+        else:
+            c_x, scale = alpha_t / alpha_s0, sigma_t
+        return c_x, scale, h_phi_1, B_h, rks, numpy.array(R), numpy.array(b)
+
+    @staticmethod
+    def _solve(R, b):
+        """The rhos: ``R rho = b``; NaNs when ``R`` is singular or not finite (the caller then runs the parent)."""
+        try:
+            return list(numpy.linalg.solve(R, b))
+        except (numpy.linalg.LinAlgError, ValueError):
+            return [numpy.nan] * len(b)
+
+    @staticmethod
+    def _combine(c_x, scale, h_phi_1, B_h, rks, rhos, rho_t=None):
+        """Coefficients of ``(x, m0, m_1.., [m_t])`` for ``c_x x - scale h_phi_1 m0 - scale B_h (sum rho_k D_k)``.
+
+        ``D_k = (m_k - m0) / r_k`` for the stored outputs, ``D_t = m_t - m0`` for the corrector's new one.
+        """
+        c_k = [-scale * B_h * rho / rk for rho, rk in zip(rhos, rks)]
+        c_0 = -scale * h_phi_1 - sum(c_k)
+        if rho_t is None:
+            return [c_x, c_0, *c_k]
+        c_t = -scale * B_h * rho_t
+        return [c_x, c_0 - c_t, *c_k, c_t]
+
+    @staticmethod
+    def _lincomb(tensors, coeffs, dtype):
+        """``sum coeffs[i] tensors[i]`` in ``dtype``: one lincomb pass, or two when there are more than four."""
+        tensors = [t if t.dtype == dtype else t.to(dtype) for t in tensors]
+        coeffs = [float(c) for c in coeffs]
+        if len(tensors) <= 4:
+            return lincomb(tensors, coeffs)
+        head = lincomb(tensors[:3], coeffs[:3])
+        return lincomb([head, *tensors[3:]], [1.0, *coeffs[3:]])
+
+    def convert_model_output(self, model_output, *args, sample=None, **kwargs):
+        if args or kwargs or sample is None:  # deprecated call forms: the parent's checks and warnings
+            return super().convert_model_output(model_output, *args, sample=sample, **kwargs)
+        alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(numpy.float64(_host(self, "sigmas")[self.step_index]))
+        prediction_type = self.config.prediction_type
+        if self.predict_x0:
+            if prediction_type == "epsilon":
+                a, b = 1.0 / alpha_t, -sigma_t / alpha_t
+            elif prediction_type == "v_prediction":
+                a, b = alpha_t, -sigma_t
+            elif prediction_type == "flow_prediction":
+                a, b = 1.0, -_host(self, "sigmas")[self.step_index]
+            elif prediction_type == "sample":
+                a, b = None, None
+            else:
+                return super().convert_model_output(model_output, sample=sample)  # raises its ValueError
+            if a is None:
+                x0_pred = model_output
+            else:
+                x0_pred = lincomb(_promoted(sample, model_output), (float(a), float(b)))
+            if self.config.thresholding:  # a per-sample clamp: the parent's code
+                x0_pred = self._threshold_sample(x0_pred)
+            return x0_pred
+        if prediction_type == "epsilon":
+            return model_output
+        if prediction_type == "sample":
+            a, b = 1.0 / sigma_t, -alpha_t / sigma_t
+        elif prediction_type == "v_prediction":
+            a, b = sigma_t, alpha_t
+        else:
+            return super().convert_model_output(model_output, sample=sample)  # raises its ValueError
+        return lincomb(_promoted(sample, model_output), (float(a), float(b)))
+
+    def multistep_uni_p_bh_update(self, model_output, *args, sample=None, order=None, **kwargs):
+        if args or kwargs or sample is None or order is None or self.solver_p:
+            return super().multistep_uni_p_bh_update(model_output, *args, sample=sample, order=order, **kwargs)
+        i = self.step_index
+        with numpy.errstate(all="ignore"):
+            c_x, scale, h_phi_1, B_h, rks, R, b = self._bh_coefficients(i + 1, i, order)
+            if order == 1:
+                rhos = []
+            elif order == 2:
+                rhos = [0.5]
+            else:
+                rhos = self._solve(R[:-1, :-1], b[:-1])
+            coeffs = self._combine(c_x, scale, h_phi_1, B_h, rks[:-1], rhos)
+            # the parent multiplies scale * B_h by its (zero) order-1 residual too: NaN when B_h is infinite
+            finite = numpy.all(numpy.isfinite([*coeffs, scale * B_h]))
+        if not finite:
+            return super().multistep_uni_p_bh_update(model_output, sample=sample, order=order)
+        outputs = self.model_outputs
+        tensors = [sample, outputs[-1], *(outputs[-(k + 1)] for k in range(1, order))]
+        return self._lincomb(tensors, coeffs, sample.dtype)
+
+    def multistep_uni_c_bh_update(self, this_model_output, *args, last_sample=None, this_sample=None, order=None,
+                                  **kwargs):
+        if args or kwargs or last_sample is None or this_sample is None or order is None:
+            return super().multistep_uni_c_bh_update(this_model_output, *args, last_sample=last_sample,
+                                                     this_sample=this_sample, order=order, **kwargs)
+        i = self.step_index
+        with numpy.errstate(all="ignore"):
+            c_x, scale, h_phi_1, B_h, rks, R, b = self._bh_coefficients(i, i - 1, order)
+            rhos = [0.5] if order == 1 else self._solve(R, b)
+            coeffs = self._combine(c_x, scale, h_phi_1, B_h, rks[:-1], rhos[:-1], rho_t=rhos[-1])
+            finite = numpy.all(numpy.isfinite(coeffs))
+        if not finite:
+            return super().multistep_uni_c_bh_update(this_model_output, last_sample=last_sample,
+                                                     this_sample=this_sample, order=order)
+        outputs = self.model_outputs
+        tensors = [last_sample, outputs[-1], *(outputs[-(k + 1)] for k in range(1, order)), this_model_output]
+        return self._lincomb(tensors, coeffs, last_sample.dtype)
