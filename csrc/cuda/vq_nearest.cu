@@ -148,7 +148,7 @@ template <typename S> __device__ constexpr double score_limit() { return sizeof(
 // float64: 3 blocks per SM (168 registers), what its 43 KB of shared memory
 // allows on sm_80 anyway (sm_86/89 fit 2), and the d loop unrolled twice, not
 // 4 times (each step is still 32 independent FMAs): with the 4-fold unroll
-// ptxas spilled at 168 registers or took 182 (2 blocks per SM).
+// ptxas spilled at 168 registers (sm_80) or took 182-214 (2 blocks per SM).
 template <typename S> constexpr int scan_min_blocks() { return sizeof(S) == 8 ? 3 : 0; }
 template <typename S> constexpr int scan_d_unroll() { return sizeof(S) == 8 ? 2 : 4; }
 
@@ -234,10 +234,10 @@ __global__ void __launch_bounds__(kRowsPerBlock, scan_min_blocks<S>()) scan(VqNe
     // The tile's dot products go to this thread's own row of rows_tile (free
     // until the next tile's __syncthreads; stride kTileDim + 1: no bank
     // conflicts), so the candidate loop below runs rolled, with no acc[] live
-    // across the heap code. Unrolled with acc[] in registers, ptxas spilled
-    // (sm_80/86/89) at 128 registers (float) or 168 (double); this costs 32
-    // shared stores and loads per code tile against the tile's 32 * 33 shared
-    // loads per 32 dimensions, and keeps the registers (and occupancy) lower.
+    // across the heap code. Unrolled over acc[] in registers, ptxas spilled at
+    // 128 registers on sm_80/86/89 (float). The cost: 32 shared stores and
+    // loads per code tile, against 33 shared loads per dimension of the tile;
+    // the scores, their order and the arithmetic are unchanged.
     S* dots = rows_tile[threadIdx.x];
 #pragma unroll
     for (int c = 0; c < kTileCodes; ++c) dots[c] = acc[c];
