@@ -77,9 +77,6 @@ ALLOWED_STACK: dict[str, tuple[int, tuple | None, str]] = {
         32, None, "with NOISE, randn's cosf keeps a 32-byte frame for its Payne-Hanek reduction of huge "
                   "arguments (ptxas -v: 0 bytes spilled); its argument is 2 pi u, in [0, 2 pi), so that path "
                   "never runs"),
-    "void ptf::(anonymous namespace)::forward_kernel<double, (ptf::ScaleFn)0, false>": (
-        8, ("sm_80",), "sm_80's register allocation spills one 4-byte register (ptxas -v: 4 bytes stored, 4 "
-                       "loaded); sm_86/89/90 do not. Named, not justified: to remove in csrc/cuda/affine_coupling.cu"),
 }
 
 
