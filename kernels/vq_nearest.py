@@ -45,6 +45,16 @@ def _distance(dot, xsq, enorm, METRIC: tl.constexpr):
 
 
 @triton.jit
+def _count(mask, axis: tl.constexpr):
+    """How many of ``mask`` are true along ``axis``, as float32 (exact up to 2^24).
+
+    Not ``tl.sum(mask.to(tl.int32))``: LLVM turns that into a popcount of the
+    mask's bits packed through a local-memory slot, an 8-byte stack frame
+    that ptxas reports on sm_86 to sm_121."""
+    return tl.sum(tl.where(mask, 1.0, 0.0), axis=axis)
+
+
+@triton.jit
 def _outer_product_sum(X, x_rs, x_cs, rows, rmask, E, e_rs, e_cs, cols, cmask, D,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """x . e for a BLOCK_M x BLOCK_N tile in float64, one rank-1 update per column
@@ -109,7 +119,7 @@ def _scan_kernel(
         # BLOCK_M x BLOCK_N reductions took minutes to compile and spilled.
         m = tl.min(s, axis=1)
         worst = tl.max(best_s, axis=1)
-        while tl.sum((m < worst).to(tl.int32), axis=0) > 0:
+        while _count(m < worst, 0) > 0:
             j = tl.min(tl.where(s == m[:, None], cols[None, :], _BIG), axis=1)
             worst_j = tl.max(tl.where(best_s == worst[:, None], best_j, -_BIG), axis=1)
             enter = m < worst  # codes come in increasing index order: equal scores stay out
@@ -146,7 +156,7 @@ def _scan_kernel(
     dist = tl.full([BLOCK_M, CAND], float("inf"), tl.float64)
     for c in range(0, CAND):  # a runtime loop, for the same reason as the insertion's
         j = tl.sum(tl.where(slot[None, :] == c, best_j, 0), axis=1)
-        use = tl.sum(tl.where(slot[None, :] == c, cand.to(tl.int32), 0), axis=1) > 0
+        use = _count((slot[None, :] == c) & cand, 1) > 0
         jl = tl.where(use, j, 0).to(tl.int64)
         dot = tl.zeros([BLOCK_M], dtype=tl.float64)
         for d0 in range(0, D, BLOCK_D):
@@ -176,7 +186,7 @@ def _exact_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
     flagged = (tl.load(FLAG + rows, mask=rmask, other=0) != 0) & rmask
-    if tl.sum(flagged.to(tl.int32), axis=0) > 0:
+    if _count(flagged, 0) > 0:
         dcols = tl.arange(0, BLOCK_D)
         xsq = tl.zeros([BLOCK_M], dtype=tl.float64)
         for d0 in range(0, D, BLOCK_D):
@@ -205,7 +215,9 @@ def _exact_kernel(
                 after = (kn > prev_n[:, None]) | ((kn == prev_n[:, None]) & (
                     (kd > prev_d[:, None]) | ((kd == prev_d[:, None]) & (cols[None, :] > prev_j[:, None]))))
                 ok = after & cmask[None, :]
-                bn = tl.min(tl.where(ok, kn, 2), axis=1)
+                # bn = min over ok of kn (2 when none), counted: a min of these 0/1/2 values
+                # was narrowed by LLVM to packed 16-bit lanes through a local-memory slot.
+                bn = tl.where(_count(ok & ~isnan, 1) > 0, 0, tl.where(_count(ok & isnan, 1) > 0, 1, 2))
                 ok = ok & (kn == bn[:, None])
                 bd = tl.min(tl.where(ok, kd, float("inf")), axis=1)
                 ok = ok & (kd == bd[:, None])
