@@ -238,7 +238,7 @@ def _next_power_of_2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
-def _tiles(double: bool, interpreting: bool):
+def _tiles(double: bool, fma_dot: bool, interpreting: bool):
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, maxnreg) of both kernels.
 
     On a GPU: 64 x 64 score tiles (32 x 32 for float64, whose scan is plain FMAs)
@@ -249,12 +249,16 @@ def _tiles(double: bool, interpreting: bool):
     (255, what any kernel may use): without one, ptxas aimed at occupancy and
     spilled at 40 to 128 registers; a spill is local-memory traffic in the hot
     loop, which costs more than the second program per SM that a 128-register
-    cap would allow (and that cap spilled too, at 64 x 64 tiles).
+    cap would allow (and that cap spilled too, at 64 x 64 tiles). float32 ``ieee``
+    scores (``fma_dot``) take 64 x 32 tiles: at 64 x 64 their FMA operands and
+    accumulator reached 255 registers and spilled 4 bytes on sm_90; halving
+    BLOCK_N keeps each code tile's reuse over 64 rows (the codebook traffic) and
+    only re-reads the rows' L1-resident tile twice as often.
     scripts/kernel_resources.py checks every specialisation for spills.
     """
     if interpreting:  # small tiles: the interpreter's cost grows with the tile, not the parallelism
         return 16, 16, 16, 4, None
-    block_m, block_n = (32, 32) if double else (64, 64)
+    block_m, block_n = (32, 32) if double else (64, 32) if fma_dot else (64, 64)
     return block_m, block_n, 16, 8, 255
 
 
@@ -309,7 +313,8 @@ def forward(x, codebook, indices, dist, metric: int, fast: bool) -> None:
 
     flags = torch.empty(n, dtype=torch.int32, device=device)
     cand = max(MIN_CANDIDATES, _next_power_of_2(2 * k))
-    block_m, block_n, block_d, warps, max_registers = _tiles(double, interpreting=device.type == "cpu")
+    block_m, block_n, block_d, warps, max_registers = _tiles(
+        double, fma_dot=dot_dtype == tl.float32 and not fast, interpreting=device.type == "cpu")
     grid = (triton.cdiv(n, block_m),)
     _scan_kernel[grid](
         x, *x.stride(), scan_codes, *scan_codes.stride(), offset, codebook, *codebook.stride(), norm, meta,

@@ -623,7 +623,8 @@ def write_markdown(table: dict, path: Path) -> None:
         if part:
             run = part["run"]
             lines += [f"{name} part produced by `python scripts/kernel_resources.py {run['command']}` on "
-                      f"{run['date']} ({run['machine']}, {run['seconds']:.0f} s)."
+                      f"{run['date']} ({run['machine']}"
+                      + (f", {run['seconds']:.0f} s)." if "seconds" in run else ").")
                       + (f" {run['note']}" if run.get("note") else ""), ""]
     if tri:
         lines += [f"Triton {tri['triton_version']}: {tri['specialisations']} specialisations of "
