@@ -45,6 +45,16 @@ def _distance(dot, xsq, enorm, METRIC: tl.constexpr):
 
 
 @triton.jit
+def _count(mask, axis: tl.constexpr):
+    """How many of ``mask`` are true along ``axis``, as float32 (exact up to 2^24).
+
+    Not ``tl.sum(mask.to(tl.int32))``: LLVM turns that into a popcount of the
+    mask's bits packed through a local-memory slot, an 8-byte stack frame
+    that ptxas reports on sm_86 to sm_121."""
+    return tl.sum(tl.where(mask, 1.0, 0.0), axis=axis)
+
+
+@triton.jit
 def _outer_product_sum(X, x_rs, x_cs, rows, rmask, E, e_rs, e_cs, cols, cmask, D,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """x . e for a BLOCK_M x BLOCK_N tile in float64, one rank-1 update per column
@@ -102,18 +112,23 @@ def _scan_kernel(
         offset = tl.load(OFFSET + cols, mask=cmask, other=float("inf")).to(ACC)
         s = offset[None, :] + alpha * acc
         s = tl.where(cmask[None, :], s, float("inf"))
+        # Insert the tile's best codes one at a time while any row's best remaining
+        # score beats its worst kept one: at most CAND + 1 passes (a row takes at
+        # most CAND codes of a tile), usually one or two once the list has filled.
+        # A runtime loop, not tl.static_range: unrolling CAND passes of five
+        # BLOCK_M x BLOCK_N reductions took minutes to compile and spilled.
+        m = tl.min(s, axis=1)
         worst = tl.max(best_s, axis=1)
-        if tl.sum((tl.min(s, axis=1) < worst).to(tl.int32), axis=0) > 0:
-            for _ in tl.static_range(CAND):
-                m = tl.min(s, axis=1)
-                j = tl.min(tl.where(s == m[:, None], cols[None, :], _BIG), axis=1)
-                worst = tl.max(best_s, axis=1)
-                worst_j = tl.max(tl.where(best_s == worst[:, None], best_j, -_BIG), axis=1)
-                enter = m < worst  # codes come in increasing index order: equal scores stay out
-                hit = enter[:, None] & (best_s == worst[:, None]) & (best_j == worst_j[:, None])
-                best_s = tl.where(hit, m[:, None], best_s)
-                best_j = tl.where(hit, j[:, None], best_j)
-                s = tl.where(cols[None, :] == j[:, None], float("inf"), s)
+        while _count(m < worst, 0) > 0:
+            j = tl.min(tl.where(s == m[:, None], cols[None, :], _BIG), axis=1)
+            worst_j = tl.max(tl.where(best_s == worst[:, None], best_j, -_BIG), axis=1)
+            enter = m < worst  # codes come in increasing index order: equal scores stay out
+            hit = enter[:, None] & (best_s == worst[:, None]) & (best_j == worst_j[:, None])
+            best_s = tl.where(hit, m[:, None], best_s)
+            best_j = tl.where(hit, j[:, None], best_j)
+            s = tl.where(cols[None, :] == j[:, None], float("inf"), s)
+            m = tl.min(s, axis=1)
+            worst = tl.max(best_s, axis=1)
 
     # Threshold: the k-th best approximate score plus the window.
     tmp_s = best_s
@@ -139,9 +154,9 @@ def _scan_kernel(
     # Re-score the candidates within the threshold in float64.
     cand = (best_s.to(tl.float64) <= thr[:, None]) & (best_j >= 0)
     dist = tl.full([BLOCK_M, CAND], float("inf"), tl.float64)
-    for c in tl.static_range(CAND):
+    for c in range(0, CAND):  # a runtime loop, for the same reason as the insertion's
         j = tl.sum(tl.where(slot[None, :] == c, best_j, 0), axis=1)
-        use = tl.sum(tl.where(slot[None, :] == c, cand.to(tl.int32), 0), axis=1) > 0
+        use = _count((slot[None, :] == c) & cand, 1) > 0
         jl = tl.where(use, j, 0).to(tl.int64)
         dot = tl.zeros([BLOCK_M], dtype=tl.float64)
         for d0 in range(0, D, BLOCK_D):
@@ -171,7 +186,7 @@ def _exact_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
     flagged = (tl.load(FLAG + rows, mask=rmask, other=0) != 0) & rmask
-    if tl.sum(flagged.to(tl.int32), axis=0) > 0:
+    if _count(flagged, 0) > 0:
         dcols = tl.arange(0, BLOCK_D)
         xsq = tl.zeros([BLOCK_M], dtype=tl.float64)
         for d0 in range(0, D, BLOCK_D):
@@ -200,7 +215,9 @@ def _exact_kernel(
                 after = (kn > prev_n[:, None]) | ((kn == prev_n[:, None]) & (
                     (kd > prev_d[:, None]) | ((kd == prev_d[:, None]) & (cols[None, :] > prev_j[:, None]))))
                 ok = after & cmask[None, :]
-                bn = tl.min(tl.where(ok, kn, 2), axis=1)
+                # bn = min over ok of kn (2 when none), counted: a min of these 0/1/2 values
+                # was narrowed by LLVM to packed 16-bit lanes through a local-memory slot.
+                bn = tl.where(_count(ok & ~isnan, 1) > 0, 0, tl.where(_count(ok & isnan, 1) > 0, 1, 2))
                 ok = ok & (kn == bn[:, None])
                 bd = tl.min(tl.where(ok, kd, float("inf")), axis=1)
                 ok = ok & (kd == bd[:, None])
@@ -219,6 +236,30 @@ def _exact_kernel(
 
 def _next_power_of_2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
+
+
+def _tiles(double: bool, fma_dot: bool, interpreting: bool):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, maxnreg) of both kernels.
+
+    On a GPU: 64 x 64 score tiles (32 x 32 for float64, whose scan is plain FMAs)
+    shared by 8 warps, and BLOCK_D = 16: float32 ``ieee`` dots are FMAs whose
+    operands each thread holds for a whole BLOCK_D slice (BLOCK_D = 32 took 255
+    registers and spilled); 16 is also tl.dot's smallest K, and the tile's reuse
+    of each loaded code (64 rows) is unchanged. The register cap is explicit
+    (255, what any kernel may use): without one, ptxas aimed at occupancy and
+    spilled at 40 to 128 registers; a spill is local-memory traffic in the hot
+    loop, which costs more than the second program per SM that a 128-register
+    cap would allow (and that cap spilled too, at 64 x 64 tiles). float32 ``ieee``
+    scores (``fma_dot``) take 64 x 32 tiles: at 64 x 64 their FMA operands and
+    accumulator reached 255 registers and spilled 4 bytes on sm_90; halving
+    BLOCK_N keeps each code tile's reuse over 64 rows (the codebook traffic) and
+    only re-reads the rows' L1-resident tile twice as often.
+    scripts/kernel_resources.py checks every specialisation for spills.
+    """
+    if interpreting:  # small tiles: the interpreter's cost grows with the tile, not the parallelism
+        return 16, 16, 16, 4, None
+    block_m, block_n = (32, 32) if double else (64, 32) if fma_dot else (64, 64)
+    return block_m, block_n, 16, 8, 255
 
 
 def forward(x, codebook, indices, dist, metric: int, fast: bool) -> None:
@@ -271,15 +312,9 @@ def forward(x, codebook, indices, dist, metric: int, fast: bool) -> None:
     score_limit = 1e300 if double else 1e36
 
     flags = torch.empty(n, dtype=torch.int32, device=device)
-    interpreting = device.type == "cpu"
-    if double:
-        block_m, block_n, block_d = (16, 16, 16) if interpreting else (32, 32, 16)
-    else:
-        block_m, block_n, block_d = (16, 16, 16) if interpreting else (64, 64, 32)
-    # 64 x 64 tiles with 4 warps need more than 255 registers a thread (ptxas spills, sm_80):
-    # 8 warps share the tile (scripts/kernel_resources.py --ops vq_nearest).
-    warps = 8 if block_m * block_n >= 64 * 64 else 4
     cand = max(MIN_CANDIDATES, _next_power_of_2(2 * k))
+    block_m, block_n, block_d, warps, max_registers = _tiles(
+        double, fma_dot=dot_dtype == tl.float32 and not fast, interpreting=device.type == "cpu")
     grid = (triton.cdiv(n, block_m),)
     _scan_kernel[grid](
         x, *x.stride(), scan_codes, *scan_codes.stride(), offset, codebook, *codebook.stride(), norm, meta,
@@ -288,8 +323,10 @@ def forward(x, codebook, indices, dist, metric: int, fast: bool) -> None:
         METRIC=metric, DOT=dot_dtype, ACC=tl.float64 if double else tl.float32,
         PRECISION="tf32" if fast else "ieee",
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CAND=cand, num_warps=warps,
+        maxnreg=max_registers,
     )
     _exact_kernel[grid](
         x, *x.stride(), codebook, *codebook.stride(), norm, flags, indices, dist, n, codes, dim, k,
         METRIC=metric, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps,
+        maxnreg=max_registers,
     )

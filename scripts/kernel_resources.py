@@ -28,7 +28,13 @@ memory per block within ``TRITON_SHARED_LIMIT`` / ``CUDA_SHARED_LIMIT``.
 Run it with TRITON_INTERPRET unset or 0 (the script sets 0 for itself before
 importing triton): the interpreter's kernels cannot be compiled.
 
-    python scripts/kernel_resources.py --out benchmarks/results --coverage pairwise --check
+``--out DIR`` writes DIR/kernel-resources.{json,md}; with ``--update`` the parts
+this run does not compute are kept from the table already there, each part with
+its own record of the run that produced it, so the Triton and CUDA parts can be
+refreshed separately and still make one table:
+
+    python scripts/kernel_resources.py --skip cuda --update --out benchmarks/results --check
+    python scripts/kernel_resources.py --skip triton --update --out benchmarks/results --check
 """
 
 from __future__ import annotations
@@ -609,11 +615,14 @@ def _template(name: str) -> str:
 
 def write_markdown(table: dict, path: Path) -> None:
     tri, cu = table.get("triton"), table.get("cuda")
-    lines = ["# GPU kernel resources, compiled ahead of time (no GPU)", "",
-             f"Produced by `python scripts/kernel_resources.py {table['command']}` on {table['date']} "
-             f"({table['machine']}, {table['seconds']:.0f} s).", ""]
-    if table.get("note"):
-        lines += [table["note"], ""]
+    lines = ["# GPU kernel resources, compiled ahead of time (no GPU)", ""]
+    for name, part in (("Triton", tri), ("CUDA", cu)):
+        if part:
+            run = part["run"]
+            lines += [f"{name} part produced by `python scripts/kernel_resources.py {run['command']}` on "
+                      f"{run['date']} ({run['machine']}"
+                      + (f", {run['seconds']:.0f} s)." if "seconds" in run else ").")
+                      + (f" {run['note']}" if run.get("note") else ""), ""]
     if tri:
         lines += [f"Triton {tri['triton_version']}: {tri['specialisations']} specialisations of "
                   f"{sum(len(v) for v in tri['kernels'].values())} kernels from the launchers run on meta tensors "
@@ -670,6 +679,25 @@ def write_markdown(table: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def updated_table(path: Path, table: dict) -> dict:
+    """``table`` with the parts it lacks (triton, cuda) taken from the table at ``path``, if there is one.
+
+    Each part keeps its own ``run`` (command, date, machine, seconds, note), so one
+    file can hold a Triton part and a CUDA part computed at different times.
+    """
+    if not path.exists():
+        return table
+    old = json.loads(path.read_text())
+    merged = dict(table)
+    for part in ("triton", "cuda"):
+        if part not in table and part in old:
+            kept = dict(old[part])
+            if "run" not in kept:  # a table written before parts carried their own run
+                kept["run"] = {k: old[k] for k in ("command", "date", "machine", "seconds") if k in old}
+            merged[part] = kept
+    return merged
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write kernel-resources.md and .json into this folder")
@@ -683,6 +711,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--check", action="store_true", help="exit 1 on any problem")
     parser.add_argument("--deadline", type=float, help="stop compiling after this many seconds")
+    parser.add_argument("--update", action="store_true",
+                        help="with --out: keep the parts of the existing table this run does not compute "
+                             "(--skip cuda --update rewrites the Triton part and keeps the CUDA part)")
+    parser.add_argument("--note", help="a remark on this run, printed with the parts it computed")
     parser.add_argument("--list", action="store_true",
                         help="print the kernels and their launchers' specialisations as JSON, compile nothing")
     args = parser.parse_args(argv)
@@ -697,10 +729,18 @@ def main(argv=None) -> int:
                               specialisations=[[s["op"], s["kernel"], s["label"]] for s in specs])))
         return 0
 
+    if args.update and not args.out:
+        parser.error("--update needs --out (the folder whose table it updates)")
     start = time.time()
     table = dict(command=" ".join(sys.argv[1:] if argv is None else argv),
                  date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                  machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU used")
+
+    def run_of_part(part_start):
+        run = dict(command=table["command"], date=table["date"], machine=table["machine"],
+                   seconds=time.time() - part_start)
+        return dict(run, note=args.note) if args.note else run
+
     if "triton" not in args.skip:
         if args.targets == "all":
             newer = [c for c in NEWER_TARGETS if _probe_target(c)]
@@ -713,15 +753,20 @@ def main(argv=None) -> int:
         tri["targets"] = [f"sm_{c}" for c in targets]
         tri["unsupported_targets"] = unsupported
         tri["all_targets"] = args.targets == "all"
+        tri["run"] = run_of_part(start)
         table["triton"] = tri
     if "cuda" not in args.skip:
+        cuda_start = time.time()
         module = args.cuda_module or cuda_module_path()
         if module is None or not module.exists():
             parser.error("no built pyprobtf._C_cuda to read (build it, pass --cuda-module, or --skip cuda)")
         if cuobjdump_path() is None:
             parser.error("cuobjdump not found (CUDA toolkit or Triton's NVIDIA backend)")
         table["cuda"] = cuda_table(module)
+        table["cuda"]["run"] = run_of_part(cuda_start)
     table["seconds"] = time.time() - start
+    if args.update:
+        table = updated_table(args.out / "kernel-resources.json", table)
     table["problems"] = problems(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,15 @@
 """GPU kernels compiled ahead of time, without a GPU: no compile error, no spill, shared memory in bounds.
 
 scripts/kernel_resources.py does the work in a fresh process (Triton must not be
-in interpreter mode there). In the CI run: every specialisation that covers each
-launcher input value at least once ("each" coverage) of the affine_coupling,
-lincomb and sampling kernels, for sm_80 (Ampere code, also what sm_86/sm_89 get)
-and sm_90 (Hopper); every kernel the launchers produce, listed without
-compiling; and the built CUDA module, read with cuobjdump. vq_nearest's Triton
-kernels take from 2 s to over two minutes each to compile on a CPU, so they
-and the full target list run in the opt-in acceptance test; the committed table
-benchmarks/results/kernel-resources.md says which coverage produced it.
+in interpreter mode there). In the CI run: the specialisations that cover each
+launcher input value at least once ("each" coverage) of every Triton kernel
+(affine_coupling, lincomb, sampling, vq_nearest), for sm_80 (Ampere code, also
+what sm_86/sm_89 get) and sm_90 (Hopper); every kernel the launchers produce,
+listed without compiling; the --update merge of a results folder; and the built
+CUDA module, read with cuobjdump. The opt-in acceptance test compiles the same
+specialisations for every target the installed Triton supports (sm_100 and
+newer too); the committed table benchmarks/results/kernel-resources.md says
+which coverage and targets produced it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def test_every_triton_kernel_is_produced_by_a_launcher(tmp_path):
 def test_triton_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     out = tmp_path / "table.json"
     done = _run("--coverage", "each", "--targets", "80,90", "--skip", "cuda",
-                "--ops", "affine_coupling,lincomb,sampling", "--workers", str(min(4, os.cpu_count() or 1)),
+                "--workers", str(min(4, os.cpu_count() or 1)),
                 "--json", str(out), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = json.loads(out.read_text())
@@ -144,6 +145,23 @@ def test_cuda_kernels_have_code_for_every_architecture_and_no_spills(tmp_path):
     assert len({r["kernel"] for r in cuda["rows"]}) > 10
 
 
+def test_update_keeps_the_parts_not_computed(tmp_path):
+    """--update rewrites the parts this run computed and keeps the others, each with its own run record."""
+    kr = _script_module()
+    old = dict(command="--skip triton", date="then", machine="m", seconds=1.0, problems=["old"],
+               triton=dict(rows=["old triton"], run=dict(command="old")),
+               cuda=dict(rows=["old cuda"], expected_elf=[], elf_archs=[], expected_ptx=[], ptx_archs=[]))
+    path = tmp_path / "kernel-resources.json"
+    path.write_text(json.dumps(old))
+    new = dict(command="--skip cuda --update", date="now", machine="m", seconds=2.0,
+               triton=dict(rows=["new triton"], run=dict(command="--skip cuda --update")))
+    merged = kr.updated_table(path, new)
+    assert merged["triton"] == new["triton"]
+    assert merged["cuda"]["rows"] == ["old cuda"]
+    assert merged["cuda"]["run"] == dict(command="--skip triton", date="then", machine="m", seconds=1.0)
+    assert kr.updated_table(tmp_path / "absent.json", new) == new
+
+
 def test_cuda_architecture_defaults_agree():
     """pip (pyproject.toml) and a plain CMake build default to the same four architectures."""
     import re
@@ -158,7 +176,7 @@ def test_cuda_architecture_defaults_agree():
 @pytest.mark.acceptance
 @needs_nvidia
 def test_every_triton_kernel_compiles_for_every_target_without_spills(tmp_path):
-    """All ops (vq_nearest included) and every target the installed Triton supports (minutes)."""
+    """Every target the installed Triton supports, sm_100 and newer included (minutes)."""
     out = tmp_path / "table.json"
     done = _run("--coverage", "each", "--skip", "cuda", "--json", str(out), timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
