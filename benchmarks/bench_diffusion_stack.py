@@ -122,7 +122,8 @@ DIFFUSERS = [  # (label, class name, config, model evaluations per step)
     ("Heun", "HeunDiscreteScheduler", {}, 2),
     ("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {}, 1),
     ("DPM-Solver++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 1),
-    ("DDIM eta=0", "DDIMScheduler", {}, 1),
+    # clip_sample=False as Stable Diffusion's DDIM config (diffusers' default, True, runs the parent's step)
+    ("DDIM eta=0", "DDIMScheduler", {"clip_sample": False}, 1),
     ("flow-match Euler", "FlowMatchEulerDiscreteScheduler", {}, 1),
 ]
 K_DIFFUSION = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_lms",

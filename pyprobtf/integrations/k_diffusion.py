@@ -245,7 +245,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         head, tail = list(zip(older[:2], coeffs[1:3])), list(zip(older[2:], coeffs[3:]))
         x = lincomb((x, denoised, *(d for d, _ in head)), (1.0 + c0, -c0, *(c for _, c in head)))
         for d, c in tail:  # order > 3: the fourth term in a second pass (lincomb reads at most 4 tensors)
-            x = lincomb((x, d), (1.0, c), out=x)
+            x = lincomb((x, d), (1.0, c))
     return x
 
 
