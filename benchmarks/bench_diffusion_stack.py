@@ -71,24 +71,29 @@ def _paired(fns: dict, repeats: int, device: str) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _alternating(fns: dict, repeats: int, block_s: float, device: str) -> dict:
+def _timed(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _alternating(fns: dict, repeats: int, block_s: float, device: str, budget_s: float) -> dict:
     """Median seconds per call of each callable, timed in alternating blocks of several calls.
 
     A block repeats one callable enough times to last about ``block_s`` (calibrated on the
     slowest); the callables take turns block by block, so a change of machine load between
     blocks hits both sides alike, which timing one side fully before the other does not.
+    Fewer blocks when ``repeats`` of them would take over ``budget_s``; a callable too slow
+    for even that (k-diffusion's Brownian tree at batch 16) is timed once more, alternately.
     """
-    for fn in fns.values():  # warm-up: lazy imports, allocator caches, first-call work
-        fn()
-        fn()
-    slowest = 0.0
-    for fn in fns.values():
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        slowest = max(slowest, time.perf_counter() - start)
+    first = {name: _timed(fn, device) for name, fn in fns.items()}  # warm-up: lazy imports, caches
+    slowest = max(first.values())
+    if 2 * len(fns) * slowest > budget_s:
+        return {name: _timed(fn, device) for name, fn in fns.items()}
     calls = max(1, int(block_s / max(slowest, 1e-9)))
+    repeats = max(1, min(repeats, int(budget_s / (len(fns) * calls * slowest))))
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -160,7 +165,7 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     steps = 3 if quick else 25
-    step_repeats, step_block_s = (3, 0.01) if quick else (9, 0.05)
+    step_repeats, step_block_s, budget_s = (3, 0.01, 2.0) if quick else (9, 0.05, 20.0)
     batches = batches or ((1, 2) if quick else (1, 16))
     side = 8 if quick else 64
     rows, notes = [], []
@@ -177,7 +182,7 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
                 parent, fused, nfe = _schedulers(label)
                 got = _alternating({"peer": lambda: diffusers_loop(parent, identity, x, steps),
                                     "ours": lambda: diffusers_loop(fused, identity, x, steps)},
-                                   step_repeats, step_block_s, device)
+                                   step_repeats, step_block_s, device, budget_s)
                 peer_s, ours_s = got["peer"], got["ours"]
                 _emit(rows, {"part": "step", "library": "diffusers", "sampler": label, "batch": batch,
                              "peer ms/step": peer_s / steps * 1e3, "pyprobtf ms/step": ours_s / steps * 1e3,
@@ -188,7 +193,7 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
                 peer, ours = getattr(kd, name), getattr(ours_kd, name)
                 got = _alternating({"peer": lambda: peer(identity, x_kd, sigmas, disable=True),
                                     "ours": lambda: ours(identity, x_kd, sigmas, disable=True)},
-                                   step_repeats, step_block_s, device)
+                                   step_repeats, step_block_s, device, budget_s)
                 peer_s, ours_s = got["peer"], got["ours"]
                 _emit(rows, {"part": "step", "library": "k-diffusion", "sampler": name, "batch": batch,
                              "peer ms/step": peer_s / steps * 1e3, "pyprobtf ms/step": ours_s / steps * 1e3,
@@ -257,7 +262,7 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
                                                                        method=method, options=options),
                                     "ours": lambda: ours_tde.odeint(field, y0, t, rtol=tol[0], atol=tol[1],
                                                                     method=method, options=options)},
-                                   step_repeats, step_block_s, device)
+                                   step_repeats, step_block_s, device, budget_s)
                 peer_s, ours_s = got["peer"], got["ours"]
                 _emit(rows, {"part": "odeint", "library": "torchdiffeq", "sampler": f"{method} {dim}-d",
                              "batch": y0.shape[0], "peer ms": peer_s * 1e3, "pyprobtf ms": ours_s * 1e3,
@@ -268,7 +273,9 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
                  f"(part 2: blocks {unet.config.block_out_channels}, one resnet per block, random weights).")
     notes.append("step: the whole pipeline loop (set_timesteps, scale_model_input, step) with an identity model, per "
                  f"step; speedup = peer time / pyprobtf time: medians of {step_repeats} alternating blocks of "
-                 f"about {step_block_s * 1e3:.0f} ms each (peer, ours, peer, ...), in one process.")
+                 f"about {step_block_s * 1e3:.0f} ms each (peer, ours, peer, ...; fewer where they would take over "
+                 f"{budget_s:.0f} s, one alternating call after a warm-up where one call takes over "
+                 f"{budget_s / 4:.0f} s), in one process.")
     notes.append("end-to-end: median of alternating runs; model share = the network alone (the same number of calls) "
                  "over the peer's loop time: the most any scheduler can save is 1 - model share.")
     if load_before is not None:
