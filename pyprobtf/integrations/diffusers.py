@@ -6,9 +6,10 @@ A one-line swap in any pipeline::
     pipe.scheduler = FusedEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
 Each ``Fused*`` class subclasses the diffusers scheduler it replaces: ``set_timesteps``,
-``scale_model_input``, ``add_noise``, the config (prediction types, timestep spacings,
-Karras/exponential/beta sigmas, ``final_sigmas_type``, ...) and the step bookkeeping
-are the parent's own code. Only ``step()`` changes: the coefficients of the update are
+``add_noise``, the config (prediction types, timestep spacings, Karras/exponential/beta
+sigmas, ``final_sigmas_type``, ...) and the step bookkeeping are the parent's own code.
+``scale_model_input`` of the Euler and Heun schedulers (``sample / sqrt(sigma^2 + 1)``)
+is one pass with a host coefficient. ``step()`` changes: the coefficients of the update are
 computed on the host in float64 from the parent's (float32) sigmas or ``alphas_cumprod``,
 and the update itself, with the conversion of the model's prediction folded in, is one
 :func:`~pyprobtf.ops.lincomb` pass (diffusers makes 5 to 12 passes over the state per
@@ -46,8 +47,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("pyprobtf.integrations.diffusers needs diffusers: pip install 'pyprobtf[diffusers]' "
                       "(install it after torch, so that it does not pull another torch)") from exc
 
-from pyprobtf.integrations import _noise
 from pyprobtf._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from pyprobtf.integrations import _noise
 from pyprobtf.ops import lincomb
 
 __all__ = [
