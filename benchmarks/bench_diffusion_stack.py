@@ -200,7 +200,7 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
                              "speedup": peer_s / ours_s})
 
         # ---------------------------------------------------------------- part 2: end to end with a UNet
-        unet, size = _unet(quick, device)
+        unet, size = _unet(quick, device) if "end-to-end" in parts else (None, None)
 
         def unet_model(x, t):
             return unet(x, t).sample
@@ -269,8 +269,9 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
                              "speedup": peer_s / ours_s, "peer NFE": calls["torchdiffeq"],
                              "pyprobtf NFE": calls["pyprobtf"]})
 
-    notes.append(f"{steps} steps per loop; latents {4}x{side}x{side} (part 1), UNet2DModel at 4x{size}x{size} "
-                 f"(part 2: blocks {unet.config.block_out_channels}, one resnet per block, random weights).")
+    notes.append(f"{steps} steps per loop; latents {4}x{side}x{side} (part 1)" + (
+        f", UNet2DModel at 4x{size}x{size} (part 2: blocks {unet.config.block_out_channels}, one resnet per "
+        "block, random weights)." if unet is not None else "."))
     notes.append("step: the whole pipeline loop (set_timesteps, scale_model_input, step) with an identity model, per "
                  f"step; speedup = peer time / pyprobtf time: medians of {step_repeats} alternating blocks of "
                  f"about {step_block_s * 1e3:.0f} ms each (peer, ours, peer, ...; fewer where they would take over "
