@@ -272,13 +272,18 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
     notes.append(f"{steps} steps per loop; latents {4}x{side}x{side} (part 1)" + (
         f", UNet2DModel at 4x{size}x{size} (part 2: blocks {unet.config.block_out_channels}, one resnet per "
         "block, random weights)." if unet is not None else "."))
-    notes.append("step: the whole pipeline loop (set_timesteps, scale_model_input, step) with an identity model, per "
-                 f"step; speedup = peer time / pyprobtf time: medians of {step_repeats} alternating blocks of "
-                 f"about {step_block_s * 1e3:.0f} ms each (peer, ours, peer, ...; fewer where they would take over "
-                 f"{budget_s:.0f} s, one alternating call after a warm-up where one call takes over "
-                 f"{budget_s / 4:.0f} s), in one process.")
-    notes.append("end-to-end: median of alternating runs; model share = the network alone (the same number of calls) "
-                 "over the peer's loop time: the most any scheduler can save is 1 - model share.")
+    if "step" in parts:
+        notes.append("step: the whole pipeline loop (set_timesteps, scale_model_input, step) with an identity model, "
+                     f"per step; speedup = peer time / pyprobtf time: medians of {step_repeats} alternating blocks of "
+                     f"about {step_block_s * 1e3:.0f} ms each (peer, ours, peer, ...; fewer where they would take over "
+                     f"{budget_s:.0f} s, one alternating call after a warm-up where one call takes over "
+                     f"{budget_s / 4:.0f} s), in one process.")
+        notes.append("k-diffusion's sample_euler, sample_heun and sample_dpm_2 draw randn_like(x) at every step, "
+                     "used only when churning (s_churn > 0; here 0): part of the cost their users pay, which "
+                     "pyprobtf's do not.")
+    if "end-to-end" in parts:
+        notes.append("end-to-end: median of alternating runs; model share = the network alone (the same number of "
+                     "calls) over the peer's loop time: the most any scheduler can save is 1 - model share.")
     if load_before is not None:
         notes.append(_common.load_note(load_before))
     columns = ["part", "library", "sampler", "batch", "peer ms/step", "pyprobtf ms/step", "peer ms", "pyprobtf ms",
