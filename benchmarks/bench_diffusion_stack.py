@@ -71,6 +71,41 @@ def _paired(fns: dict, repeats: int, device: str) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def _timed(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _alternating(fns: dict, repeats: int, block_s: float, device: str, budget_s: float) -> dict:
+    """Median seconds per call of each callable, timed in alternating blocks of several calls.
+
+    A block repeats one callable enough times to last about ``block_s`` (calibrated on the
+    slowest); the callables take turns block by block, so a change of machine load between
+    blocks hits both sides alike, which timing one side fully before the other does not.
+    Fewer blocks when ``repeats`` of them would take over ``budget_s``; a callable too slow
+    for even that (k-diffusion's Brownian tree at batch 16) is timed once more, alternately.
+    """
+    first = {name: _timed(fn, device) for name, fn in fns.items()}  # warm-up: lazy imports, caches
+    slowest = max(first.values())
+    if 2 * len(fns) * slowest > budget_s:
+        return {name: _timed(fn, device) for name, fn in fns.items()}
+    calls = max(1, int(block_s / max(slowest, 1e-9)))
+    repeats = max(1, min(repeats, int(budget_s / (len(fns) * calls * slowest))))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 # ----------------------------------------------------------------------------- loops
 
 
@@ -92,7 +127,8 @@ DIFFUSERS = [  # (label, class name, config, model evaluations per step)
     ("Heun", "HeunDiscreteScheduler", {}, 2),
     ("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {}, 1),
     ("DPM-Solver++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, 1),
-    ("DDIM eta=0", "DDIMScheduler", {}, 1),
+    # clip_sample=False as Stable Diffusion's DDIM config (diffusers' default, True, runs the parent's step)
+    ("DDIM eta=0", "DDIMScheduler", {"clip_sample": False}, 1),
     ("flow-match Euler", "FlowMatchEulerDiscreteScheduler", {}, 1),
 ]
 K_DIFFUSION = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_lms",
@@ -129,7 +165,7 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     steps = 3 if quick else 25
-    min_run_time = 0.01 if quick else 0.2
+    step_repeats, step_block_s, budget_s = (3, 0.01, 2.0) if quick else (9, 0.05, 20.0)
     batches = batches or ((1, 2) if quick else (1, 16))
     side = 8 if quick else 64
     rows, notes = [], []
@@ -144,8 +180,10 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
             x = torch.randn(batch, 4, side, side, device=device)
             for label, *_ in (DIFFUSERS[:2] if quick else DIFFUSERS):
                 parent, fused, nfe = _schedulers(label)
-                peer_s = _common.measure(lambda: diffusers_loop(parent, identity, x, steps), min_run_time=min_run_time)
-                ours_s = _common.measure(lambda: diffusers_loop(fused, identity, x, steps), min_run_time=min_run_time)
+                got = _alternating({"peer": lambda: diffusers_loop(parent, identity, x, steps),
+                                    "ours": lambda: diffusers_loop(fused, identity, x, steps)},
+                                   step_repeats, step_block_s, device, budget_s)
+                peer_s, ours_s = got["peer"], got["ours"]
                 _emit(rows, {"part": "step", "library": "diffusers", "sampler": label, "batch": batch,
                              "peer ms/step": peer_s / steps * 1e3, "pyprobtf ms/step": ours_s / steps * 1e3,
                              "speedup": peer_s / ours_s})
@@ -153,14 +191,16 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
             x_kd = x * sigmas[0]
             for name in (K_DIFFUSION[:2] if quick else K_DIFFUSION):
                 peer, ours = getattr(kd, name), getattr(ours_kd, name)
-                peer_s = _common.measure(lambda: peer(identity, x_kd, sigmas, disable=True), min_run_time=min_run_time)
-                ours_s = _common.measure(lambda: ours(identity, x_kd, sigmas, disable=True), min_run_time=min_run_time)
+                got = _alternating({"peer": lambda: peer(identity, x_kd, sigmas, disable=True),
+                                    "ours": lambda: ours(identity, x_kd, sigmas, disable=True)},
+                                   step_repeats, step_block_s, device, budget_s)
+                peer_s, ours_s = got["peer"], got["ours"]
                 _emit(rows, {"part": "step", "library": "k-diffusion", "sampler": name, "batch": batch,
                              "peer ms/step": peer_s / steps * 1e3, "pyprobtf ms/step": ours_s / steps * 1e3,
                              "speedup": peer_s / ours_s})
 
         # ---------------------------------------------------------------- part 2: end to end with a UNet
-        unet, size = _unet(quick, device)
+        unet, size = _unet(quick, device) if "end-to-end" in parts else (None, None)
 
         def unet_model(x, t):
             return unet(x, t).sample
@@ -218,23 +258,32 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
                     counter["n"] = 0
                     solve(field, y0, t, rtol=tol[0], atol=tol[1], method=method, options=options)
                     calls[impl] = counter["n"]
-                peer_s = _common.measure(lambda: torchdiffeq.odeint(field, y0, t, rtol=tol[0], atol=tol[1],
-                                                                    method=method, options=options),
-                                         min_run_time=min_run_time)
-                ours_s = _common.measure(lambda: ours_tde.odeint(field, y0, t, rtol=tol[0], atol=tol[1],
-                                                                 method=method, options=options),
-                                         min_run_time=min_run_time)
+                got = _alternating({"peer": lambda: torchdiffeq.odeint(field, y0, t, rtol=tol[0], atol=tol[1],
+                                                                       method=method, options=options),
+                                    "ours": lambda: ours_tde.odeint(field, y0, t, rtol=tol[0], atol=tol[1],
+                                                                    method=method, options=options)},
+                                   step_repeats, step_block_s, device, budget_s)
+                peer_s, ours_s = got["peer"], got["ours"]
                 _emit(rows, {"part": "odeint", "library": "torchdiffeq", "sampler": f"{method} {dim}-d",
                              "batch": y0.shape[0], "peer ms": peer_s * 1e3, "pyprobtf ms": ours_s * 1e3,
                              "speedup": peer_s / ours_s, "peer NFE": calls["torchdiffeq"],
                              "pyprobtf NFE": calls["pyprobtf"]})
 
-    notes.append(f"{steps} steps per loop; latents {4}x{side}x{side} (part 1), UNet2DModel at 4x{size}x{size} "
-                 f"(part 2: blocks {unet.config.block_out_channels}, one resnet per block, random weights).")
-    notes.append("step: the whole pipeline loop (set_timesteps, scale_model_input, step) with an identity model, per "
-                 "step; speedup = peer time / pyprobtf time, measured side by side in one process.")
-    notes.append("end-to-end: median of alternating runs; model share = the network alone (the same number of calls) "
-                 "over the peer's loop time: the most any scheduler can save is 1 - model share.")
+    notes.append(f"{steps} steps per loop; latents {4}x{side}x{side} (part 1)" + (
+        f", UNet2DModel at 4x{size}x{size} (part 2: blocks {unet.config.block_out_channels}, one resnet per "
+        "block, random weights)." if unet is not None else "."))
+    if "step" in parts:
+        notes.append("step: the whole pipeline loop (set_timesteps, scale_model_input, step) with an identity model, "
+                     f"per step; speedup = peer time / pyprobtf time: medians of {step_repeats} alternating blocks of "
+                     f"about {step_block_s * 1e3:.0f} ms each (peer, ours, peer, ...; fewer where they would take over "
+                     f"{budget_s:.0f} s, one alternating call after a warm-up where one call takes over "
+                     f"{budget_s / 4:.0f} s), in one process.")
+        notes.append("k-diffusion's sample_euler, sample_heun and sample_dpm_2 draw randn_like(x) at every step, "
+                     "used only when churning (s_churn > 0; here 0): part of the cost their users pay, which "
+                     "pyprobtf's do not.")
+    if "end-to-end" in parts:
+        notes.append("end-to-end: median of alternating runs; model share = the network alone (the same number of "
+                     "calls) over the peer's loop time: the most any scheduler can save is 1 - model share.")
     if load_before is not None:
         notes.append(_common.load_note(load_before))
     columns = ["part", "library", "sampler", "batch", "peer ms/step", "pyprobtf ms/step", "peer ms", "pyprobtf ms",

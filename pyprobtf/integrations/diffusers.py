@@ -6,9 +6,10 @@ A one-line swap in any pipeline::
     pipe.scheduler = FusedEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
 Each ``Fused*`` class subclasses the diffusers scheduler it replaces: ``set_timesteps``,
-``scale_model_input``, ``add_noise``, the config (prediction types, timestep spacings,
-Karras/exponential/beta sigmas, ``final_sigmas_type``, ...) and the step bookkeeping
-are the parent's own code. Only ``step()`` changes: the coefficients of the update are
+``add_noise``, the config (prediction types, timestep spacings, Karras/exponential/beta
+sigmas, ``final_sigmas_type``, ...) and the step bookkeeping are the parent's own code.
+``scale_model_input`` of the Euler and Heun schedulers (``sample / sqrt(sigma^2 + 1)``)
+is one pass with a host coefficient. ``step()`` changes: the coefficients of the update are
 computed on the host in float64 from the parent's (float32) sigmas or ``alphas_cumprod``,
 and the update itself, with the conversion of the model's prediction folded in, is one
 :func:`~pyprobtf.ops.lincomb` pass (diffusers makes 5 to 12 passes over the state per
@@ -52,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("pyprobtf.integrations.diffusers needs diffusers: pip install 'pyprobtf[diffusers]' "
                       "(install it after torch, so that it does not pull another torch)") from exc
 
+from pyprobtf._checks import FLOAT_DTYPES as _FLOAT_DTYPES
 from pyprobtf.integrations import _noise
 from pyprobtf.ops import lincomb
 
@@ -126,6 +128,14 @@ def _to_denoised(prediction_type: str, sigma: float, name: str) -> tuple[float, 
                      "or `v_prediction`")
 
 
+def _scaled_input(scheduler, sample, timestep):
+    """The Karras schedulers' ``scale_model_input``, ``sample / sqrt(sigma^2 + 1)``, as one pass."""
+    if scheduler.step_index is None:
+        scheduler._init_step_index(timestep)
+    sigma = _host(scheduler, "sigmas")[scheduler.step_index]
+    return lincomb((sample,), (1.0 / (sigma * sigma + 1.0) ** 0.5,))
+
+
 def _denoised(sample, model_output, a: float, b: float):
     if a == 0.0 and b == 1.0:
         return model_output
@@ -141,6 +151,13 @@ class FusedEulerDiscreteScheduler(_diffusers.EulerDiscreteScheduler):
     Example:
         >>> pipe.scheduler = FusedEulerDiscreteScheduler.from_config(pipe.scheduler.config)
     """
+
+    def scale_model_input(self, sample, timestep):
+        if not isinstance(sample, torch.Tensor) or sample.dtype not in _FLOAT_DTYPES:
+            return super().scale_model_input(sample, timestep)
+        sample = _scaled_input(self, sample, timestep)
+        self.is_scale_input_called = True
+        return sample
 
     def step(self, model_output, timestep, sample, s_churn: float = 0.0, s_tmin: float = 0.0,
              s_tmax: float = float("inf"), s_noise: float = 1.0, generator=None, return_dict: bool = True):
@@ -168,6 +185,13 @@ class FusedEulerDiscreteScheduler(_diffusers.EulerDiscreteScheduler):
 
 class FusedEulerAncestralDiscreteScheduler(_diffusers.EulerAncestralDiscreteScheduler):
     """``EulerAncestralDiscreteScheduler`` with ``step()`` as one fused pass, the noise drawn in the kernel."""
+
+    def scale_model_input(self, sample, timestep):
+        if not isinstance(sample, torch.Tensor) or sample.dtype not in _FLOAT_DTYPES:
+            return super().scale_model_input(sample, timestep)
+        sample = _scaled_input(self, sample, timestep)
+        self.is_scale_input_called = True
+        return sample
 
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         _check_timestep("EulerDiscreteScheduler", timestep)
@@ -199,6 +223,11 @@ class FusedHeunDiscreteScheduler(_diffusers.HeunDiscreteScheduler):
     second combines both stages' samples and outputs in one pass of four tensors.
     """
 
+    def scale_model_input(self, sample, timestep):
+        if not isinstance(sample, torch.Tensor) or sample.dtype not in _FLOAT_DTYPES:
+            return super().scale_model_input(sample, timestep)
+        return _scaled_input(self, sample, timestep)
+
     def step(self, model_output, timestep, sample, return_dict: bool = True):
         if self.config.clip_sample:
             return super().step(model_output, timestep, sample, return_dict=return_dict)
@@ -213,13 +242,13 @@ class FusedHeunDiscreteScheduler(_diffusers.HeunDiscreteScheduler):
             prev_sample = _update((sample, model_output), (1.0 + r - r * a, -r * b))
             self._pyprobtf_first = (model_output, (1.0 - a) / sigma, -b / sigma)  # derivative = c x + c' m
             self.prev_derivative = None
-            self.dt = torch.tensor(dt)
+            self.dt = dt  # a float: the parent only tests it for None (state_in_first_order)
             self.sample = sample
         else:
             sigma_next = sigmas[self.step_index]
             a, b = _to_denoised(self.config.prediction_type, sigma_next, "HeunDiscreteScheduler")
             m_first, c_x, c_m = self._pyprobtf_first
-            dt = float(self.dt)
+            dt = self.dt
             h = 0.5 * dt  # x1 + dt/2 (d1 + d2), d1 = c_x x1 + c_m m1, d2 = ((1 - a) x2 - b m2) / sigma_next
             first = self.sample
             prev_sample = _update((first, m_first, sample, model_output),

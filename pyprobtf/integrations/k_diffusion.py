@@ -29,6 +29,7 @@ Lagrange polynomials) is a Python float.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -196,6 +197,13 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return x
 
 
+@functools.lru_cache(maxsize=None)
+def _gauss_legendre(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nodes and weights of ``n``-point Gauss-Legendre quadrature on [-1, 1] (an eigenproblem: computed once per n)."""
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return tuple(nodes.tolist()), tuple(weights.tolist())
+
+
 def linear_multistep_coeff(order: int, t, i: int, j: int) -> float:
     """k-diffusion's LMS coefficient: the integral over ``[t[i], t[i+1]]`` of the ``j``-th Lagrange basis polynomial.
 
@@ -203,7 +211,7 @@ def linear_multistep_coeff(order: int, t, i: int, j: int) -> float:
     """
     if order - 1 > i:
         raise ValueError(f"Order {order} too high for step {i}")
-    nodes, weights = np.polynomial.legendre.leggauss(max(order, 1))
+    nodes, weights = _gauss_legendre(max(order, 1))
     a, b = t[i], t[i + 1]
     total = 0.0
     for node, weight in zip(nodes, weights):
@@ -237,7 +245,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         head, tail = list(zip(older[:2], coeffs[1:3])), list(zip(older[2:], coeffs[3:]))
         x = lincomb((x, denoised, *(d for d, _ in head)), (1.0 + c0, -c0, *(c for _, c in head)))
         for d, c in tail:  # order > 3: the fourth term in a second pass (lincomb reads at most 4 tensors)
-            x = lincomb((x, d), (1.0, c), out=x)
+            x = lincomb((x, d), (1.0, c))
     return x
 
 

@@ -404,6 +404,63 @@ def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
     return tensors, cv, ct, nv, nt, sv, st, offset
 
 
+# ----------------------------------------------------------------------------- fast path
+# A solver step is a few microseconds of memory traffic at image sizes: the general
+# path's validation and normalisation (tens of microseconds of Python) would dominate
+# it. The common call (same-shape contiguous plain tensors, Python float coefficients,
+# no per-row tensors, no `out`, no gradient) is recognised here with checks that each
+# imply the general path's: anything else, including every invalid call, returns None
+# and takes the general path, which raises its own errors.
+
+_INT64_END = 1 << 63
+
+
+def _fast_lincomb(tensors, coeffs, noise_std, seed, offset) -> torch.Tensor | None:
+    """The op for the common call, straight to a native kernel; None when the call is not that case."""
+    if type(tensors) not in (list, tuple) or type(coeffs) not in (list, tuple):
+        return None
+    n = len(tensors)
+    if not 1 <= n <= MAX_INPUTS or len(coeffs) != n:
+        return None
+    for c in coeffs:
+        if type(c) is not float:
+            return None
+    # Seeds and offsets in [-2^63, 2^63) are their own signed 64-bit values (seeds.signed_int64).
+    if type(noise_std) is not float or type(offset) is not int or not _INT64_MIN <= offset < _INT64_END:
+        return None
+    if noise_std == 0.0:
+        noise = False
+        if seed is None:
+            seed = 0
+        elif type(seed) is not int or not _INT64_MIN <= seed < _INT64_END:
+            return None
+    elif 0.0 < noise_std < math.inf and type(seed) is int and _INT64_MIN <= seed < _INT64_END:
+        noise = True
+    else:  # a bad noise_std, or noise with a per-row or drawn seed
+        return None
+    first = tensors[0]
+    if type(first) is not torch.Tensor or first.dtype not in _checks.FLOAT_DTYPES:
+        return None
+    shape, dtype, device = first.shape, first.dtype, first.device
+    grad = torch.is_grad_enabled()
+    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    for t in tensors:
+        if (type(t) is not torch.Tensor or not t.is_contiguous() or t.shape != shape or t.dtype != dtype
+                or t.device != device or (grad and t.requires_grad) or is_wrapped(t)):
+            return None
+    numel = first.numel()
+    if not shape or numel == 0:
+        return None
+    name = _registry.resolve(OP, "auto", device.type)
+    if name in _registry.FUNCTIONAL:
+        return None
+    out = torch.empty_like(first)  # contiguous, as `first` is
+    # Nothing differs between rows: one long row, as the general path does (same noise counters).
+    _registry.kernel(OP, name)([t.view(1, numel) for t in tensors], list(coeffs), [None] * n, out.view(1, numel),
+                               noise, noise_std, None, seed, None, offset)
+    return out
+
+
 # ----------------------------------------------------------------------------- public op
 
 
@@ -455,5 +512,9 @@ def lincomb(
         >>> seeds = torch.arange(8)                                      # batch-invariant noise
         >>> x_next = lincomb([x, d], [1.0, -0.1], noise_std=0.3, seed=seeds, offset=3 * 3 * 32 * 32)
     """
+    if out is None and backend == "auto" and not torch.compiler.is_compiling():  # compiled: the custom op
+        result = _fast_lincomb(tensors, coeffs, noise_std, seed, offset)
+        if result is not None:
+            return result
     args = _normalise(tensors, coeffs, noise_std, seed, offset, out, backend)
     return _dispatch(*args, backend, out)
