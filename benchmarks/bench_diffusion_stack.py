@@ -130,6 +130,8 @@ DIFFUSERS = [  # (label, class name, config, model evaluations per step)
     # clip_sample=False as Stable Diffusion's DDIM config (diffusers' default, True, runs the parent's step)
     ("DDIM eta=0", "DDIMScheduler", {"clip_sample": False}, 1),
     ("flow-match Euler", "FlowMatchEulerDiscreteScheduler", {}, 1),
+    ("UniPC bh2 order 2", "UniPCMultistepScheduler", {}, 1),
+    ("UniPC bh2 order 3", "UniPCMultistepScheduler", {"solver_order": 3}, 1),
 ]
 K_DIFFUSION = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_dpm_2", "sample_lms",
                "sample_dpmpp_2m", "sample_dpmpp_2m_sde"]
