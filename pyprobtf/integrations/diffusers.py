@@ -145,19 +145,24 @@ def _denoised(sample, model_output, a: float, b: float):
 # ----------------------------------------------------------------------------- Euler family
 
 
-class FusedEulerDiscreteScheduler(_diffusers.EulerDiscreteScheduler):
-    """``EulerDiscreteScheduler`` with ``step()`` as one fused pass (``s_churn`` noise included).
-
-    Example:
-        >>> pipe.scheduler = FusedEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    """
+class _ScaledInputInOnePass:
+    """``scale_model_input`` as one fused pass for floating-point tensors (anything else: the parent's)."""
 
     def scale_model_input(self, sample, timestep):
         if not isinstance(sample, torch.Tensor) or sample.dtype not in _FLOAT_DTYPES:
             return super().scale_model_input(sample, timestep)
         sample = _scaled_input(self, sample, timestep)
-        self.is_scale_input_called = True
+        if hasattr(self, "is_scale_input_called"):  # the Euler schedulers' flag (Heun has none)
+            self.is_scale_input_called = True
         return sample
+
+
+class FusedEulerDiscreteScheduler(_ScaledInputInOnePass, _diffusers.EulerDiscreteScheduler):
+    """``EulerDiscreteScheduler`` with ``step()`` as one fused pass (``s_churn`` noise included).
+
+    Example:
+        >>> pipe.scheduler = FusedEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    """
 
     def step(self, model_output, timestep, sample, s_churn: float = 0.0, s_tmin: float = 0.0,
              s_tmax: float = float("inf"), s_noise: float = 1.0, generator=None, return_dict: bool = True):
@@ -183,15 +188,8 @@ class FusedEulerDiscreteScheduler(_diffusers.EulerDiscreteScheduler):
         return EulerDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
 
-class FusedEulerAncestralDiscreteScheduler(_diffusers.EulerAncestralDiscreteScheduler):
+class FusedEulerAncestralDiscreteScheduler(_ScaledInputInOnePass, _diffusers.EulerAncestralDiscreteScheduler):
     """``EulerAncestralDiscreteScheduler`` with ``step()`` as one fused pass, the noise drawn in the kernel."""
-
-    def scale_model_input(self, sample, timestep):
-        if not isinstance(sample, torch.Tensor) or sample.dtype not in _FLOAT_DTYPES:
-            return super().scale_model_input(sample, timestep)
-        sample = _scaled_input(self, sample, timestep)
-        self.is_scale_input_called = True
-        return sample
 
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         _check_timestep("EulerDiscreteScheduler", timestep)
@@ -216,17 +214,12 @@ class FusedEulerAncestralDiscreteScheduler(_diffusers.EulerAncestralDiscreteSche
                                                      pred_original_sample=pred_original_sample)
 
 
-class FusedHeunDiscreteScheduler(_diffusers.HeunDiscreteScheduler):
+class FusedHeunDiscreteScheduler(_ScaledInputInOnePass, _diffusers.HeunDiscreteScheduler):
     """``HeunDiscreteScheduler`` with each of its two stages one fused pass.
 
     The first stage keeps the sample and the model output (not a derivative tensor); the
     second combines both stages' samples and outputs in one pass of four tensors.
     """
-
-    def scale_model_input(self, sample, timestep):
-        if not isinstance(sample, torch.Tensor) or sample.dtype not in _FLOAT_DTYPES:
-            return super().scale_model_input(sample, timestep)
-        return _scaled_input(self, sample, timestep)
 
     def step(self, model_output, timestep, sample, return_dict: bool = True):
         if self.config.clip_sample:

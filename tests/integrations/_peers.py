@@ -41,3 +41,20 @@ def k_diffusion_sampling():
     sys.modules["_kd_peer.sampling"] = module
     module_spec.loader.exec_module(module)
     return module
+
+
+def small_unet_model():
+    """A small diffusers UNet2DModel (random weights, 2 channels, 8x8), as ``model(x, t)``."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+
+    def model(x, t):
+        return unet(x, t).sample
+
+    return model

@@ -7,6 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _peers import small_unet_model
+
 diffusers = pytest.importorskip("diffusers")
 ours = pytest.importorskip("pyprobtf.integrations.diffusers")
 
@@ -216,15 +218,7 @@ def test_from_config_of_another_scheduler_swaps_in():
 
 
 def test_unet_pipeline_loop_matches_diffusers():
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=8, in_channels=2, out_channels=2, layers_per_block=1,
-                                 block_out_channels=(8, 16), norm_num_groups=4,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
-
-    def model(x, t):
-        return unet(x, t).sample
-
+    model = small_unet_model()
     x = torch.randn(2, 2, 8, 8)
     with torch.no_grad():
         # orders 1, 2, 3, 3, 2, 1: the order-3 corrector (two passes) runs at step 4
