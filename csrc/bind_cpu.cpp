@@ -78,23 +78,23 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "affine_coupling_forward",
       [](MatArg x, MatArg shift, MatArg scale, uintptr_t y, uintptr_t ladj, int64_t rows, int64_t cols, int dtype,
-         int scale_fn, double clamp, bool inverse, int num_threads) {
+         int scale_fn, double clamp, bool inverse, bool ladj_elements, int num_threads) {
         ptf::AffineCouplingForward a{mat(x), mat(shift), mat(scale), ptr(y), ptr(ladj), rows, cols,
                                      static_cast<ptf::DType>(dtype), static_cast<ptf::ScaleFn>(scale_fn), clamp,
-                                     inverse};
+                                     inverse, ladj_elements};
         py::gil_scoped_release release;
         ptf::affine_coupling_forward_cpu(a, num_threads);
       },
       py::arg("x"), py::arg("shift"), py::arg("scale"), py::arg("y"), py::arg("ladj"), py::arg("rows"),
       py::arg("cols"), py::arg("dtype"), py::arg("scale_fn"), py::arg("clamp"), py::arg("inverse"),
-      py::arg("num_threads"));
+      py::arg("ladj_elements"), py::arg("num_threads"));
 
   m.def(
       "affine_coupling_backward",
-      [](MatArg x, MatArg shift, MatArg scale, MatArg grad_y, VecArg grad_ladj, uintptr_t grad_x,
+      [](MatArg x, MatArg shift, MatArg scale, MatArg grad_y, MatArg grad_ladj, uintptr_t grad_x,
          uintptr_t grad_shift, uintptr_t grad_scale, int64_t rows, int64_t cols, int dtype, int scale_fn,
          double clamp, bool inverse, int num_threads) {
-        ptf::AffineCouplingBackward a{mat(x), mat(shift), mat(scale), mat(grad_y), vec(grad_ladj), ptr(grad_x),
+        ptf::AffineCouplingBackward a{mat(x), mat(shift), mat(scale), mat(grad_y), mat(grad_ladj), ptr(grad_x),
                                       ptr(grad_shift), ptr(grad_scale), rows, cols,
                                       static_cast<ptf::DType>(dtype), static_cast<ptf::ScaleFn>(scale_fn), clamp,
                                       inverse};

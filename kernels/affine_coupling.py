@@ -4,6 +4,8 @@ Work is cut into tiles of BLOCK_R rows x BLOCK_F columns, both fixed by the row
 length F alone, so a row's log-determinant is summed in the same order
 whatever the batch size: batch-invariant. Rows longer than one tile write one
 partial sum per tile, and a second kernel adds a row's partials in order.
+With a (B, F) ``ladj`` the forward writes each element's log-multiplier
+instead and sums nothing; the backward reads a (B,) or (B, F) ``grad_ladj``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ TILE_ELEMENTS = 2048
 # 8 warps: 8 elements of a tile per thread. With 4, ptxas spilled registers on
 # sm_80 (benchmarks/results/kernel-resources.md has every specialisation).
 BACKWARD_WARPS = 8
+# The float64 forward too: with 4 warps (16 float64 elements per thread) the
+# softclamp tanh kept an 8-byte stack frame on sm_80/86/89.
+FORWARD_WARPS_FP64 = 8
 
 
 @triton.jit
@@ -90,7 +95,7 @@ def _dlog_multiplier(a, s, clamp, SCALE_FN: tl.constexpr):
 def _forward_kernel(
     X, x_rs, x_cs, SHIFT, t_rs, t_cs, SCALE, a_rs, a_cs, Y, LADJ, PARTIAL,
     rows, cols, n_tiles, clamp,
-    SCALE_FN: tl.constexpr, INVERSE: tl.constexpr, COMPUTE: tl.constexpr,
+    SCALE_FN: tl.constexpr, INVERSE: tl.constexpr, ELEMENTS: tl.constexpr, COMPUTE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
@@ -106,14 +111,19 @@ def _forward_kernel(
     else:
         y = x * tl.exp(s) + t
     tl.store(Y + r * cols + c, y.to(Y.dtype.element_ty), mask=mask)
-    total = tl.sum(tl.where(mask, s, 0.0), axis=1)
-    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    if n_tiles == 1:
+    if ELEMENTS:
         if INVERSE:
-            total = -total
-        tl.store(LADJ + row, total.to(LADJ.dtype.element_ty), mask=row < rows)
+            s = -s
+        tl.store(LADJ + r * cols + c, s.to(LADJ.dtype.element_ty), mask=mask)
     else:
-        tl.store(PARTIAL + row * n_tiles + tile, total, mask=row < rows)
+        total = tl.sum(tl.where(mask, s, 0.0), axis=1)
+        row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+        if n_tiles == 1:
+            if INVERSE:
+                total = -total
+            tl.store(LADJ + row, total.to(LADJ.dtype.element_ty), mask=row < rows)
+        else:
+            tl.store(PARTIAL + row * n_tiles + tile, total, mask=row < rows)
 
 
 @triton.jit
@@ -131,10 +141,10 @@ def _sum_partials_kernel(PARTIAL, LADJ, n_tiles, INVERSE: tl.constexpr, BLOCK: t
 
 @triton.jit
 def _backward_kernel(
-    X, x_rs, x_cs, SHIFT, t_rs, t_cs, SCALE, a_rs, a_cs, GY, g_rs, g_cs, GL, gl_s,
+    X, x_rs, x_cs, SHIFT, t_rs, t_cs, SCALE, a_rs, a_cs, GY, g_rs, g_cs, GL, gl_rs, gl_cs,
     GX, GSHIFT, GSCALE, rows, cols, clamp,
-    SCALE_FN: tl.constexpr, INVERSE: tl.constexpr, WRITE_SHIFT: tl.constexpr, COMPUTE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr,
+    SCALE_FN: tl.constexpr, INVERSE: tl.constexpr, WRITE_SHIFT: tl.constexpr, GL_ELEMENTS: tl.constexpr,
+    COMPUTE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     c = tl.program_id(1).to(tl.int64) * BLOCK_F + tl.arange(0, BLOCK_F)[None, :]
@@ -142,7 +152,10 @@ def _backward_kernel(
     x = tl.load(X + r * x_rs + c * x_cs, mask=mask, other=0.0).to(COMPUTE)
     a = tl.load(SCALE + r * a_rs + c * a_cs, mask=mask, other=0.0).to(COMPUTE)
     gy = tl.load(GY + r * g_rs + c * g_cs, mask=mask, other=0.0).to(COMPUTE)
-    gl = tl.load(GL + r * gl_s, mask=r < rows, other=0.0).to(COMPUTE)
+    if GL_ELEMENTS:
+        gl = tl.load(GL + r * gl_rs + c * gl_cs, mask=mask, other=0.0).to(COMPUTE)
+    else:  # one value per row
+        gl = tl.load(GL + r * gl_rs, mask=r < rows, other=0.0).to(COMPUTE)
     s = _log_multiplier(a, clamp, SCALE_FN)
     if INVERSE:
         e = tl.exp(-s)
@@ -175,35 +188,44 @@ def _compute_dtype(dtype: torch.dtype):
 
 
 def forward(x, shift, scale, y, ladj, scale_fn: int, clamp: float, inverse: bool) -> None:
-    """Fill ``y`` (contiguous, like ``x``) and ``ladj`` (B,) from 2-D views ``x``, ``shift``, ``scale``."""
+    """Fill ``y`` (contiguous, like ``x``) and ``ladj`` from 2-D views ``x``, ``shift``, ``scale``.
+
+    ``ladj`` (B,) receives the row sums; a contiguous (B, F) ``ladj`` each element's +-s.
+    """
     rows, cols = x.shape
     if rows == 0:
         return
+    elements = ladj.dim() == 2
     block_r, block_f, n_tiles = _tiles(cols)
-    partial = ladj if n_tiles == 1 else torch.empty(rows, n_tiles, dtype=ladj.dtype, device=x.device)
+    partial = ladj if n_tiles == 1 or elements else torch.empty(rows, n_tiles, dtype=ladj.dtype, device=x.device)
     grid = (triton.cdiv(rows, block_r), n_tiles)
     _forward_kernel[grid](
         x, *x.stride(), shift, *shift.stride(), scale, *scale.stride(), y, ladj, partial,
         rows, cols, n_tiles, clamp,
-        SCALE_FN=scale_fn, INVERSE=inverse, COMPUTE=_compute_dtype(x.dtype), BLOCK_R=block_r, BLOCK_F=block_f,
+        SCALE_FN=scale_fn, INVERSE=inverse, ELEMENTS=elements, COMPUTE=_compute_dtype(x.dtype),
+        BLOCK_R=block_r, BLOCK_F=block_f, num_warps=FORWARD_WARPS_FP64 if x.dtype == torch.float64 else 4,
     )
-    if n_tiles > 1:
+    if n_tiles > 1 and not elements:
         _sum_partials_kernel[(rows,)](partial, ladj, n_tiles, INVERSE=inverse, BLOCK=1024)
 
 
 def backward(grad_y, grad_ladj, x, shift, scale, grad_x, grad_shift, grad_scale, scale_fn: int, clamp: float,
              inverse: bool) -> None:
-    """Fill ``grad_x``, ``grad_scale`` and (unless None) ``grad_shift``, all contiguous 2-D."""
+    """Fill ``grad_x``, ``grad_scale`` and (unless None) ``grad_shift``, all contiguous 2-D.
+
+    ``grad_ladj``: (B,) per row, or a (B, F) view per element (column stride 0: per row).
+    """
     rows, cols = x.shape
     if rows == 0 or cols == 0:
         return
+    gl_rs, gl_cs = grad_ladj.stride() if grad_ladj.dim() == 2 else (grad_ladj.stride(0), 0)
     block_r, block_f, n_tiles = _tiles(cols)
     grid = (triton.cdiv(rows, block_r), n_tiles)
     _backward_kernel[grid](
         x, *x.stride(), shift, *shift.stride(), scale, *scale.stride(), grad_y, *grad_y.stride(),
-        grad_ladj, grad_ladj.stride(0), grad_x, grad_shift if grad_shift is not None else grad_x, grad_scale,
+        grad_ladj, gl_rs, gl_cs, grad_x, grad_shift if grad_shift is not None else grad_x, grad_scale,
         rows, cols, clamp,
-        SCALE_FN=scale_fn, INVERSE=inverse, WRITE_SHIFT=grad_shift is not None,
+        SCALE_FN=scale_fn, INVERSE=inverse, WRITE_SHIFT=grad_shift is not None, GL_ELEMENTS=gl_cs != 0,
         COMPUTE=_compute_dtype(x.dtype), BLOCK_R=block_r, BLOCK_F=block_f,
         num_warps=BACKWARD_WARPS,
     )

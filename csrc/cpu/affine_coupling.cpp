@@ -41,8 +41,8 @@ PTF_HD C forward_element(C xv, C tv, C av, C clamp, C& s) {
   return INV ? (xv - tv) * cpu::exp(-s) : xv * cpu::exp(s) + tv;
 }
 
-// One element backward: the gradients of x, shift and scale given grad_y (g) and the row's
-// grad_ladj (gl). tv is read only by the inverse.
+// One element backward: the gradients of x, shift and scale given grad_y (g) and the
+// element's grad_ladj (gl). tv is read only by the inverse.
 template <typename C, ScaleFn FN, bool INV>
 PTF_HD void backward_element(C xv, C tv, C av, C g, C gl, C clamp, C& gx, C& gt, C& ga) {
   const C s = log_multiplier<FN, CpuMath>(av, clamp);
@@ -51,6 +51,48 @@ PTF_HD void backward_element(C xv, C tv, C av, C g, C gl, C clamp, C& gx, C& gt,
   const C gs = INV ? -(g * ((xv - tv) * e)) - gl : gx * xv + gl;
   ga = gs * dlog_multiplier<FN, CpuMath>(av, s, clamp);
   gt = INV ? -gx : g;
+}
+
+// Columns [c0, c1) of rows [r0, r1), with ladj_elements: y and the per-element +-s.
+template <typename T, ScaleFn FN, bool INV, bool CONTIG>
+PTF_MULTIVERSION void forward_tile_elements(const AffineCouplingForward& a, int64_t r0, int64_t r1, int64_t c0,
+                                            int64_t c1) {
+  using C = typename compute_type<T>::type;
+  const C clamp = static_cast<C>(a.clamp);
+  const int64_t xs = CONTIG ? 1 : a.x.col_stride;
+  const int64_t ts = CONTIG ? 1 : a.shift.col_stride;
+  const int64_t as = CONTIG ? 1 : a.scale.col_stride;
+  if constexpr (CONTIG) {
+    if (narrow_packed(a.cols, c0, c1, {a.x.row_stride, a.shift.row_stride, a.scale.row_stride})) {
+      const int64_t n = (r1 - r0) * a.cols;
+      const T* x = static_cast<const T*>(a.x.data) + r0 * a.cols;
+      const T* t = static_cast<const T*>(a.shift.data) + r0 * a.cols;
+      const T* sc = static_cast<const T*>(a.scale.data) + r0 * a.cols;
+      T* y = static_cast<T*>(a.y) + r0 * a.cols;
+      C* l = static_cast<C*>(a.ladj) + r0 * a.cols;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        C s;
+        y[i] = cpu::store<T>(forward_element<C, FN, INV>(cpu::load(x[i]), cpu::load(t[i]), cpu::load(sc[i]), clamp, s));
+        l[i] = INV ? -s : s;
+      }
+      return;
+    }
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* x = static_cast<const T*>(a.x.data) + r * a.x.row_stride;
+    const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
+    const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride;
+    T* y = static_cast<T*>(a.y) + r * a.cols;
+    C* l = static_cast<C*>(a.ladj) + r * a.cols;
+#pragma omp simd
+    for (int64_t c = c0; c < c1; ++c) {
+      C s;
+      y[c] = cpu::store<T>(
+          forward_element<C, FN, INV>(cpu::load(x[c * xs]), cpu::load(t[c * ts]), cpu::load(sc[c * as]), clamp, s));
+      l[c] = INV ? -s : s;
+    }
+  }
 }
 
 // Columns [c0, c1) of rows [r0, r1). partial[r - r0] receives the row's sum of s
@@ -164,6 +206,8 @@ bool have_avx512() {
 // CONTIG: x, shift and scale have unit column strides. grad_y may have any strides then: a row
 // slice of a strided grad_y (such as the expanded ones autograd passes for `y.sum()`, column
 // stride 0) is first copied into a small contiguous buffer, so the vectorised loop still runs.
+// grad_ladj's column stride is 0 for a per-row gradient (the fast paths) and any value for a
+// per-element one.
 template <typename T, ScaleFn FN, bool INV, bool CONTIG>
 PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0, int64_t r1, int64_t c0,
                                     int64_t c1) {
@@ -174,6 +218,7 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
   const int64_t ts = CONTIG ? 1 : a.shift.col_stride;
   const int64_t as = CONTIG ? 1 : a.scale.col_stride;
   const int64_t gs = CONTIG ? 1 : a.grad_y.col_stride;
+  const int64_t gl_rs = a.grad_ladj.row_stride, gl_cs = a.grad_ladj.col_stride;
   const bool stage_grad_y = CONTIG && a.grad_y.col_stride != 1;
   const bool write_shift = a.grad_shift != nullptr;
   if constexpr (CONTIG) {
@@ -192,8 +237,8 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
       T* ga = static_cast<T*>(a.grad_scale) + off;
       C gl_tile[cpu::kTile];
       for (int64_t r = r0; r < r1; ++r) {
-        const C gl = static_cast<C>(static_cast<const L*>(a.grad_ladj.data)[r * a.grad_ladj.stride]);
-        for (int64_t c = 0; c < a.cols; ++c) gl_tile[(r - r0) * a.cols + c] = gl;
+        const L* gl = static_cast<const L*>(a.grad_ladj.data) + r * gl_rs;
+        for (int64_t c = 0; c < a.cols; ++c) gl_tile[(r - r0) * a.cols + c] = static_cast<C>(gl[c * gl_cs]);
       }
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
@@ -228,10 +273,24 @@ PTF_MULTIVERSION void backward_tile(const AffineCouplingBackward& a, int64_t r0,
       }
       gy = gy_row;
     }
-    const C gl = static_cast<C>(static_cast<const L*>(a.grad_ladj.data)[r * a.grad_ladj.stride]);
+    const L* gl_row = static_cast<const L*>(a.grad_ladj.data) + r * gl_rs + c0 * gl_cs;
     T* gx = static_cast<T*>(a.grad_x) + r * a.cols + c0;
     T* gt = write_shift ? static_cast<T*>(a.grad_shift) + r * a.cols + c0 : nullptr;
     T* ga = static_cast<T*>(a.grad_scale) + r * a.cols + c0;
+    if (gl_cs != 0) {  // a per-element ladj gradient
+#pragma omp simd
+      for (int64_t c = 0; c < n; ++c) {
+        C gxv, gtv, gav;
+        backward_element<C, FN, INV>(cpu::load(x[c * xs]), INV ? cpu::load(t[c * ts]) : C(0),
+                                     cpu::load(sc[c * as]), cpu::load(gy[c * gs]), static_cast<C>(gl_row[c * gl_cs]),
+                                     clamp, gxv, gtv, gav);
+        gx[c] = cpu::store<T>(gxv);
+        ga[c] = cpu::store<T>(gav);
+        if (write_shift) gt[c] = cpu::store<T>(gtv);
+      }
+      continue;
+    }
+    const C gl = static_cast<C>(n > 0 ? gl_row[0] : L(0));
 #if defined(PTF_AVX512_ROWS)
     if constexpr (CONTIG && !INV && FN == ScaleFn::Exp && std::is_same_v<T, float>) {
       if (avx512) {
@@ -257,6 +316,21 @@ void forward_impl(const AffineCouplingForward& a, int num_threads) {
   using L = typename compute_type<T>::type;
   const cpu::Tiling tiling(a.rows, a.cols);
   L* ladj = static_cast<L*>(a.ladj);
+  if (a.ladj_elements) {
+    cpu::parallel_for(tiling.tiles, a.rows * a.cols, num_threads, [&](int64_t tile) {
+      if (tiling.col_tiles == 1) {
+        const int64_t r0 = tile * tiling.rows_per_tile;
+        const int64_t r1 = r0 + tiling.rows_per_tile < a.rows ? r0 + tiling.rows_per_tile : a.rows;
+        forward_tile_elements<T, FN, INV, CONTIG>(a, r0, r1, 0, a.cols);
+      } else {
+        const int64_t r = tile / tiling.col_tiles;
+        const int64_t c0 = (tile % tiling.col_tiles) * cpu::kTile;
+        const int64_t c1 = c0 + cpu::kTile < a.cols ? c0 + cpu::kTile : a.cols;
+        forward_tile_elements<T, FN, INV, CONTIG>(a, r, r + 1, c0, c1);
+      }
+    });
+    return;
+  }
   if (tiling.col_tiles == 1) {
     cpu::parallel_for(tiling.tiles, a.rows * a.cols, num_threads, [&](int64_t tile) {
       const int64_t r0 = tile * tiling.rows_per_tile;

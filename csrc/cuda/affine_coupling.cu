@@ -1,6 +1,7 @@
 // CUDA kernels for affine_coupling. Forward writes y and one partial sum of s
 // per (row, column tile); a second tiny kernel adds a row's partials in order
-// (no atomics: the log-determinant is reproducible and batch-invariant).
+// (no atomics: the log-determinant is reproducible and batch-invariant). With
+// ladj_elements, forward writes +-s per element instead and sums nothing.
 #include "pyprobtf/affine_coupling.h"
 #include "pyprobtf/cuda_common.cuh"
 
@@ -46,10 +47,15 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 && FN == ScaleFn::Exp
         const C s = log_multiplier<FN, CouplingMath>(cuda::load(sc[c * a.scale.col_stride]), clamp);
         const C out = INV ? (xv - tv) * CouplingMath::exp(-s) : xv * CouplingMath::exp(s) + tv;
         y[c] = cuda::store<T>(out);
-        acc += static_cast<double>(s);
+        if (a.ladj_elements) {
+          static_cast<C*>(a.ladj)[r * a.cols + c] = INV ? -s : s;
+        } else {
+          acc += static_cast<double>(s);
+        }
       }
     }
   }
+  if (a.ladj_elements) return;  // the same for the whole block: no thread waits at the barriers below
   // Tree reduction inside each row's group of threads: a fixed order.
   sums[threadIdx.x] = acc;
   __syncthreads();
@@ -89,7 +95,10 @@ __global__ void __launch_bounds__(kThreads)
   const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
   const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride;
   const T* gy = static_cast<const T*>(a.grad_y.data) + r * a.grad_y.row_stride;
-  const C gl = static_cast<const C*>(a.grad_ladj.data)[r * a.grad_ladj.stride];
+  // grad_ladj's column stride is 0 for a per-row gradient: one load then.
+  const C* gl_row = static_cast<const C*>(a.grad_ladj.data) + r * a.grad_ladj.row_stride;
+  const int64_t gl_cs = a.grad_ladj.col_stride;
+  const C gl_one = gl_cs == 0 && c0 < a.cols ? gl_row[0] : C(0);
   T* gx = static_cast<T*>(a.grad_x) + r * a.cols;
   T* gt = a.grad_shift ? static_cast<T*>(a.grad_shift) + r * a.cols : nullptr;
   T* ga = static_cast<T*>(a.grad_scale) + r * a.cols;
@@ -100,6 +109,7 @@ __global__ void __launch_bounds__(kThreads)
     const C xv = cuda::load(x[c * a.x.col_stride]);
     const C av = cuda::load(sc[c * a.scale.col_stride]);
     const C g = cuda::load(gy[c * a.grad_y.col_stride]);
+    const C gl = gl_cs == 0 ? gl_one : gl_row[c * gl_cs];
     const C s = log_multiplier<FN, CouplingMath>(av, clamp);
     const C e = CouplingMath::exp(INV ? -s : s);
     const C gxv = g * e;
@@ -153,7 +163,7 @@ const char* affine_coupling_forward_cuda(const AffineCouplingForward& a, void* w
           <<<layout.grid, kThreads, 0, stream>>>(a, layout.threads_per_row, layout.rows_per_block,
                                                  layout.tile_cols, layout.col_tiles, partial);
     });
-    if (layout.col_tiles > 1) {
+    if (layout.col_tiles > 1 && !a.ladj_elements) {
       const int threads = 256;
       const unsigned blocks = static_cast<unsigned>((a.rows + threads - 1) / threads);
       sum_partials_kernel<L><<<blocks, threads, 0, stream>>>(partial, static_cast<L*>(a.ladj), a.rows,

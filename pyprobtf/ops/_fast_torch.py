@@ -92,11 +92,12 @@ def affine_coupling(
     scale_fn: str = "exp",
     clamp: float = 2.0,
     inverse: bool = False,
+    ladj: str = "sum",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, ladj)`` as :func:`pyprobtf.reference.affine_coupling`: y = x e^s + shift, ladj = sum of s.
 
     Elementwise in the compute dtype (half inputs are widened inside each
-    kernel, never copied), one row sum for ``ladj``.
+    kernel, never copied), one row sum for ``ladj`` (none for ``ladj="element"``).
 
     >>> x = torch.randn(4, 3)
     >>> y, ladj = affine_coupling(x, torch.zeros(4, 3), torch.zeros(4, 3))
@@ -111,8 +112,12 @@ def affine_coupling(
         torch.mul(x.to(compute) - shift, torch.exp(-s), out=y)
     else:
         torch.addcmul(shift.to(compute), x, torch.exp(s), out=y)
-    ladj = _row_sum(s)
-    return y, (ladj.neg_() if inverse else ladj)
+    if ladj == "element":
+        if inverse:
+            return y, torch.neg(s)
+        return y, (s.clone() if s is scale else s)  # never an alias of the input
+    row = _row_sum(s)
+    return y, (row.neg_() if inverse else row)
 
 
 @register_kernel("affine_coupling_backward", "torch")
@@ -126,10 +131,15 @@ def affine_coupling_backward(
     clamp: float = 2.0,
     inverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients ``(x, shift, scale)`` of <grad_y, y> + <grad_ladj, ladj>, as the reference's."""
+    """Gradients ``(x, shift, scale)`` of <grad_y, y> + <grad_ladj, ladj>, as the reference's.
+
+    ``grad_ladj`` is ``(B,)`` (row sums) or of ``x``'s shape (per element).
+    """
     compute = _compute_dtype(x.dtype)
     a = scale.to(compute)
-    gl = grad_ladj.to(compute).reshape((-1,) + (1,) * (x.dim() - 1))
+    gl = grad_ladj.to(compute)
+    if gl.shape != x.shape:
+        gl = gl.reshape((-1,) + (1,) * (x.dim() - 1))
     s = _log_multiplier(a, scale_fn, clamp)
     ds = _dlog_multiplier(a, s, scale_fn, clamp)
     if inverse:

@@ -93,17 +93,20 @@ def _cuda_tail(kernel: str, like: torch.Tensor, *sizes: int) -> tuple:
 def _register(backend: str, module, tail) -> None:
     @register_kernel("affine_coupling", backend)
     def affine_coupling(x, shift, scale, y, ladj, scale_fn, clamp, inverse):
+        """``ladj`` (B,) receives the row sums; a contiguous (B, F) ``ladj`` the elements."""
         n, d = x.shape
         module().affine_coupling_forward(
             mat(x), mat(shift), mat(scale), y.data_ptr(), ladj.data_ptr(), n, d, DTYPE_CODES[x.dtype],
-            scale_fn, clamp, inverse, *tail("affine_coupling", x, n, d),
+            scale_fn, clamp, inverse, ladj.dim() == 2, *tail("affine_coupling", x, n, d),
         )
 
     @register_kernel("affine_coupling_backward", backend)
     def affine_coupling_backward(gy, gl, x, shift, scale, gx, gshift, gscale, scale_fn, clamp, inverse):
+        """``gl``: (B,) per row, or a (B, F) view per element."""
         n, d = x.shape
+        gl_mat = mat(gl) if gl.dim() == 2 else (gl.data_ptr(), gl.stride(0), 0)
         module().affine_coupling_backward(
-            mat(x), mat(shift), mat(scale), mat(gy), vec(gl), gx.data_ptr(), _ptr(gshift), gscale.data_ptr(),
+            mat(x), mat(shift), mat(scale), mat(gy), gl_mat, gx.data_ptr(), _ptr(gshift), gscale.data_ptr(),
             n, d, DTYPE_CODES[x.dtype], scale_fn, clamp, inverse, *tail("affine_coupling_backward", x),
         )
 

@@ -1,4 +1,4 @@
-"""Reference affine coupling: y = x * exp(s) + shift, ladj = sum of s over the event."""
+"""Reference affine coupling: y = x * exp(s) + shift, ladj = sum of s over the event (or s itself)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 
 SCALE_FNS = ("exp", "softclamp", "sigmoid", "softclip", "sigmoid_eps", "inv_sigmoid")
+# ladj="sum": one log-determinant per row, shape (B,); "element": the log-multiplier of
+# each element, shape of x (what zuko's call_and_ladj returns).
+LADJ_MODES = ("sum", "element")
 
 # nflows' floor on the multiplier: sigmoid(a + 2) + SIGMOID_EPS.
 SIGMOID_EPS = 1e-3
@@ -68,12 +71,17 @@ def affine_coupling(
     scale_fn: str = "exp",
     clamp: float = 2.0,
     inverse: bool = False,
+    ladj: str = "sum",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The contract, computed in float32 (float64 for float64 inputs).
 
-    Returns ``y`` in the input dtype and ``ladj`` of shape ``(B,)`` in float32
-    (float64 for float64 inputs).
+    Returns ``y`` in the input dtype and the log-determinant in float32
+    (float64 for float64 inputs): of shape ``(B,)`` with ``ladj="sum"``, of
+    ``x``'s shape (the per-element ``s``, or ``-s`` for the inverse) with
+    ``ladj="element"``.
     """
+    if ladj not in LADJ_MODES:
+        raise ValueError(f"affine_coupling: ladj must be one of {LADJ_MODES}, got {ladj!r}")
     compute = _ladj_dtype(x.dtype)
     xc, tc, ac = x.to(compute), shift.to(compute), scale.to(compute)
     s = log_multiplier(ac, scale_fn, clamp)
@@ -81,8 +89,11 @@ def affine_coupling(
         y = (xc - tc) * torch.exp(-s)
     else:
         y = xc * torch.exp(s) + tc
-    ladj = s.reshape(s.shape[0], math.prod(s.shape[1:])).sum(dim=1)  # no event dims: ladj = s
-    return y.to(x.dtype), (-ladj if inverse else ladj)
+    if ladj == "element":
+        out = s.clone()  # never an alias of scale ("exp" in float64 has s = scale)
+    else:
+        out = s.reshape(s.shape[0], math.prod(s.shape[1:])).sum(dim=1)  # no event dims: ladj = s
+    return y.to(x.dtype), (-out if inverse else out)
 
 
 def affine_coupling_backward(
@@ -97,11 +108,15 @@ def affine_coupling_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (x, shift, scale) of <grad_y, y> + <grad_ladj, ladj>, by the chain rule written out.
 
-    Tests check this against autograd through :func:`affine_coupling`.
+    ``grad_ladj`` has the shape of the ``ladj`` it belongs to: ``(B,)`` (the row
+    sums) or ``x``'s shape (per element). Tests check this against autograd
+    through :func:`affine_coupling`.
     """
     compute = _ladj_dtype(x.dtype)
     xc, tc, ac, gy = (t.to(compute) for t in (x, shift, scale, grad_y))
-    gl = grad_ladj.to(compute).reshape((-1,) + (1,) * (x.dim() - 1))
+    gl = grad_ladj.to(compute)
+    if gl.shape != x.shape:  # a per-row gradient (for 1-D x the two are the same)
+        gl = gl.reshape((-1,) + (1,) * (x.dim() - 1))
     s = log_multiplier(ac, scale_fn, clamp)
     ds = dlog_multiplier(ac, s, scale_fn, clamp)
     if inverse:

@@ -102,44 +102,57 @@ def _affine_inputs(shape, dtype, layouts, seed, device):
     return tuple(make_tensor(shape, dtype, layout, seed=seed + i, device=device) for i, layout in enumerate(layouts))
 
 
-def check_affine_coupling_forward(backend, device, dtype, shape, layouts, scale_fn, clamp, inverse, seed=0):
+def check_affine_coupling_forward(backend, device, dtype, shape, layouts, scale_fn, clamp, inverse, seed=0,
+                                  ladj="sum"):
     """One forward case of affine_coupling against the float64 reference: y, ladj, dtypes, shapes."""
+    mode = ladj
     x, t, a = _affine_inputs(shape, dtype, layouts, seed, device)
-    y, ladj = affine_coupling(x, t, a, scale_fn=scale_fn, clamp=clamp, inverse=inverse, backend=backend)
+    y, ladj = affine_coupling(x, t, a, scale_fn=scale_fn, clamp=clamp, inverse=inverse, ladj=mode, backend=backend)
     x64, t64, a64 = (u.double().cpu() for u in (x, t, a))
-    y64, l64 = reference.affine_coupling(x64, t64, a64, scale_fn, clamp, inverse)
+    y64, l64 = reference.affine_coupling(x64, t64, a64, scale_fn, clamp, inverse, mode)
     s = log_multiplier(a64, scale_fn, clamp)
     assert y.shape == x.shape and y.dtype == dtype and y.device == x.device and y.is_contiguous()
-    assert ladj.shape == (shape[0],)
+    assert ladj.shape == (x.shape if mode == "element" else (shape[0],))
+    assert ladj.device == x.device and ladj.is_contiguous()
     assert ladj.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     # Rounding errors scale with the terms that are added, not with their sum.
     terms = (x64 - t64).abs() * torch.exp(-s) if inverse else (x64 * torch.exp(s)).abs() + t64.abs()
     rtol, atol = tolerance(dtype)
     assert_close(y, y64, rtol=rtol, atol=atol, scale=terms + y64.abs(), what="y")
     rtol, atol = tolerance(ladj.dtype)
-    ladj_terms = s.abs().reshape(shape[0], math.prod(shape[1:])).sum(1)
+    ladj_terms = s.abs() if mode == "element" else s.abs().reshape(shape[0], math.prod(shape[1:])).sum(1)
     assert_close(ladj, l64, rtol=rtol, atol=atol, scale=ladj_terms, what="ladj")
 
 
-def check_affine_coupling_backward(backend, device, dtype, shape, layouts, scale_fn, clamp, inverse, seed=0):
-    """One backward case: the three gradients against autograd through the float64 reference."""
+def check_affine_coupling_backward(backend, device, dtype, shape, layouts, scale_fn, clamp, inverse, seed=0,
+                                   ladj="sum", gl_layout="contiguous"):
+    """One backward case: the three gradients against autograd through the float64 reference.
+
+    With ``ladj="element"`` the log-determinant's gradient has x's shape, in ``gl_layout``.
+    """
+    mode = ladj
     x, t, a = _affine_inputs(shape, dtype, layouts, seed, device)
     gy = make_tensor(shape, dtype, "contiguous", seed=seed + 7, device=device)
     ladj_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    gl = make_tensor(shape[:1], ladj_dtype, "contiguous", seed=seed + 8, device=device)
+    gl_shape = tuple(shape) if mode == "element" else tuple(shape[:1])
+    gl = make_tensor(gl_shape, ladj_dtype, gl_layout if mode == "element" else "contiguous", seed=seed + 8,
+                     device=device)
     xr, tr, ar = (u.detach().requires_grad_() for u in (x, t, a))
-    y, ladj = affine_coupling(xr, tr, ar, scale_fn=scale_fn, clamp=clamp, inverse=inverse, backend=backend)
+    y, ladj = affine_coupling(xr, tr, ar, scale_fn=scale_fn, clamp=clamp, inverse=inverse, ladj=mode,
+                              backend=backend)
     grads = torch.autograd.grad((y, ladj), (xr, tr, ar), (gy, gl))
 
     x64, t64, a64 = (u.double().cpu().requires_grad_() for u in (x, t, a))
-    y64, l64 = reference.affine_coupling(x64, t64, a64, scale_fn, clamp, inverse)
+    y64, l64 = reference.affine_coupling(x64, t64, a64, scale_fn, clamp, inverse, mode)
     expected = torch.autograd.grad((y64, l64), (x64, t64, a64), (gy.double().cpu(), gl.double().cpu()))
 
     with torch.no_grad():
         s = log_multiplier(a64, scale_fn, clamp)
         e = torch.exp(-s if inverse else s)
         g = gy.double().cpu().abs()
-        gl_b = gl.double().cpu().abs().reshape((-1,) + (1,) * (len(shape) - 1))
+        gl_b = gl.double().cpu().abs()
+        if mode == "sum":
+            gl_b = gl_b.reshape((-1,) + (1,) * (len(shape) - 1))
         xmag = (x64.abs() + t64.abs()) if inverse else x64.abs()
         ds = dlog_multiplier(a64, s, scale_fn, clamp).abs() + (1e-14 if dtype == torch.float64 else 1e-6)
         scales = (g * e, g * e if inverse else g, (g * xmag * e + gl_b) * ds)
@@ -163,6 +176,10 @@ def _affine_coupling_cases(backend, device, dtype, small=False):
                     args = (backend, device, dtype, shape, layout, scale_fn, 2.0, inverse, seed)
                     yield lambda args=args: check_affine_coupling_forward(*args)
                     yield lambda args=args: check_affine_coupling_backward(*args)
+                    if layout[0] != "contiguous":  # per-element log-determinants, with a strided gradient
+                        yield lambda args=args: check_affine_coupling_forward(*args, ladj="element")
+                        yield lambda args=args: check_affine_coupling_backward(*args, ladj="element",
+                                                                               gl_layout="transposed")
 
 
 # ----------------------------------------------------------------------------- lincomb

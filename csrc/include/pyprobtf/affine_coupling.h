@@ -1,5 +1,6 @@
 // affine_coupling: y = x * exp(s(a)) + shift (or its inverse) and
-// ladj[b] = +-sum_j s(a[b, j]), on (rows, cols) views; see docs/ARCHITECTURE.md.
+// ladj[b] = +-sum_j s(a[b, j]) (or, per element, ladj[b, j] = +-s(a[b, j])), on
+// (rows, cols) views; see docs/ARCHITECTURE.md.
 //
 // The per-element math is written once here for both the CPU and the CUDA
 // kernels; `Math` supplies exp/log/tanh/softplus for the place it runs.
@@ -60,17 +61,18 @@ PTF_HD C dlog_multiplier(C a, C s, C clamp) {
 struct AffineCouplingForward {
   Mat x, shift, scale;
   void* y;     // (rows, cols), contiguous
-  void* ladj;  // (rows,), contiguous; float64 for float64 data, float32 otherwise
+  void* ladj;  // (rows,) or, with ladj_elements, (rows, cols); contiguous; float64 for float64 data, float32 otherwise
   int64_t rows, cols;
   DType dtype;
   ScaleFn scale_fn;
   double clamp;
   bool inverse;
+  bool ladj_elements;  // store +-s per element instead of the row sums
 };
 
 struct AffineCouplingBackward {
   Mat x, shift, scale, grad_y;
-  Vec grad_ladj;       // (rows,), dtype of ladj
+  Mat grad_ladj;       // (rows, cols) view in ladj's dtype; column stride 0 for a per-row gradient
   void* grad_x;        // (rows, cols), contiguous
   void* grad_shift;    // (rows, cols), contiguous; may be null (the caller derives it)
   void* grad_scale;    // (rows, cols), contiguous
