@@ -83,13 +83,13 @@ class MonotonicAffineTransform(zuko.transforms.MonotonicAffineTransform):
         cols = x.shape[-1] if x.dim() else 1
         return x.reshape(-1, cols), shift.reshape(-1, cols), a.reshape(-1, cols)
 
-    def _fused(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        """(y, ladj summed over the last dimension), both from one fused pass."""
+    def _fused(self, x: Tensor, inverse: bool, ladj: str = "sum") -> tuple[Tensor, Tensor]:
+        """(y, ladj summed over the last dimension or, with ``ladj="element"``, per element), from one fused pass."""
         shape = torch.broadcast_shapes(x.shape, self.shift.shape, self.unconstrained_scale.shape)
-        y, ladj = affine_coupling(
-            *self._rows(x), scale_fn="softclip", clamp=self._clamp, inverse=inverse, backend=self.backend
+        y, out = affine_coupling(
+            *self._rows(x), scale_fn="softclip", clamp=self._clamp, inverse=inverse, ladj=ladj, backend=self.backend
         )
-        return y.reshape(shape), ladj.to(y.dtype).reshape(shape[:-1])
+        return y.reshape(shape), out.to(y.dtype).reshape(shape if ladj == "element" else shape[:-1])
 
     def _call(self, x: Tensor) -> Tensor:
         return self._fused(x, inverse=False)[0]
@@ -101,8 +101,8 @@ class MonotonicAffineTransform(zuko.transforms.MonotonicAffineTransform):
         return self.log_scale.expand(x.shape)
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(y, ladj)`` with zuko's per-element ``ladj`` (shape of ``x``)."""
-        return self._call(x), self.log_scale.expand(x.shape)
+        """``(y, ladj)`` with zuko's per-element ``ladj`` (the broadcast shape of ``x``, shift and scale), fused."""
+        return self._fused(x, inverse=False, ladj="element")
 
     def call_and_row_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(y, ladj)`` with ``ladj`` summed over the last dimension, in one fused pass."""

@@ -52,7 +52,7 @@ def _ladj_shape(x: torch.Tensor, ladj: str) -> tuple[int, ...]:
     return tuple(x.shape) if ladj == "element" else tuple(x.shape[:1])
 
 
-def _forward(x, shift, scale, scale_fn: str, clamp: float, inverse: bool, ladj: str, backend: str):
+def _forward(x, shift, scale, scale_fn: str, clamp: float, inverse: bool, backend: str, ladj: str = "sum"):
     name = _registry.resolve(OP, backend, x.device.type)
     kernel = _registry.kernel(OP, name)
     if name in _registry.FUNCTIONAL:
@@ -95,13 +95,13 @@ def _backward(grad_y, grad_ladj, x, shift, scale, scale_fn, clamp, inverse, back
 @torch.library.custom_op("pyprobtf::affine_coupling", mutates_args=())
 def _affine_coupling_op(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, scale_fn: str, clamp: float, inverse: bool,
-    ladj: str, backend: str,
+    backend: str, ladj: str = "sum",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(x, shift, scale, scale_fn, clamp, inverse, ladj, backend)
+    return _forward(x, shift, scale, scale_fn, clamp, inverse, backend, ladj)
 
 
 @_affine_coupling_op.register_fake
-def _(x, shift, scale, scale_fn, clamp, inverse, ladj, backend):
+def _(x, shift, scale, scale_fn, clamp, inverse, backend, ladj="sum"):
     return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
             x.new_empty(_ladj_shape(x, ladj), dtype=_ladj_dtype(x.dtype)))
 
@@ -120,9 +120,10 @@ def _(grad_y, grad_ladj, x, shift, scale, scale_fn, clamp, inverse, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    x, shift, scale, scale_fn, clamp, inverse, _ladj, backend = inputs  # grad_ladj's shape carries the mode
+    x, shift, scale, scale_fn, clamp, inverse, backend = inputs[:7]  # grad_ladj's shape carries the ladj mode
     ctx.save_for_backward(x, shift, scale)
     ctx.options = (scale_fn, clamp, inverse, backend)
+    ctx.options_given = len(inputs) - 3
 
 
 def _op_backward(ctx, grad_y, grad_ladj):
@@ -136,7 +137,7 @@ def _op_backward(ctx, grad_y, grad_ladj):
         grads = _backward(grad_y, grad_ladj, x, shift, scale, *ctx.options, alias_ok=True)
     else:
         grads = _affine_coupling_backward_op(grad_y, grad_ladj, x, shift, scale, *ctx.options)
-    return *grads, None, None, None, None, None
+    return *grads, *(None,) * ctx.options_given
 
 
 _affine_coupling_op.register_autograd(_op_backward, setup_context=_setup_context)
@@ -204,5 +205,5 @@ def affine_coupling(
     _checks.choice(OP, "ladj", ladj, LADJ_MODES)
     _registry.check_backend(OP, backend)
     if _registry.use_custom_op(x, shift, scale):
-        return _affine_coupling_op(x, shift, scale, scale_fn, clamp, inverse, ladj, backend)
-    return _eager_apply(x, shift, scale, scale_fn, clamp, inverse, ladj, backend)
+        return _affine_coupling_op(x, shift, scale, scale_fn, clamp, inverse, backend, ladj)
+    return _eager_apply(x, shift, scale, scale_fn, clamp, inverse, backend, ladj)
