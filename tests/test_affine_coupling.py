@@ -42,30 +42,31 @@ def _inputs(shape, dtype, layouts, seed, device="cpu"):
     return tuple(make_tensor(shape, dtype, layout, seed=seed + i, device=device) for i, layout in enumerate(layouts))
 
 
-case = st.fixed_dictionaries(
-    {
-        "dtype": st.sampled_from(DTYPES),
-        "shape": batch_shapes(),
-        "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=3, max_size=3),
-        "scale_fn": st.sampled_from(SCALE_FNS),
-        "clamp": st.sampled_from([0.5, 1.0, 2.0, 5.0]),
-        "inverse": st.booleans(),
-        "seed": st.integers(0, 2**16),
-    }
-)
+_CASE_FIELDS = {
+    "dtype": st.sampled_from(DTYPES),
+    "shape": batch_shapes(),
+    "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=3, max_size=3),
+    "scale_fn": st.sampled_from(SCALE_FNS),
+    "clamp": st.sampled_from([0.5, 1.0, 2.0, 5.0]),
+    "inverse": st.booleans(),
+    "seed": st.integers(0, 2**16),
+}
+case = st.fixed_dictionaries(_CASE_FIELDS)
+# ladj="element": the per-element log-determinants, with their gradient in any layout.
+element_case = st.fixed_dictionaries({**_CASE_FIELDS, "gl_layout": st.sampled_from(LAYOUTS)})
 
 # Small cases for Triton's interpreter (slow; no bfloat16 there).
-triton_case = st.fixed_dictionaries(
-    {
-        "dtype": st.sampled_from([torch.float32, torch.float64, torch.float16]),
-        "shape": batch_shapes(max_batch=5, max_event_dims=2, max_event=6),
-        "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=3, max_size=3),
-        "scale_fn": st.sampled_from(SCALE_FNS),
-        "clamp": st.sampled_from([0.5, 2.0]),
-        "inverse": st.booleans(),
-        "seed": st.integers(0, 2**16),
-    }
-)
+_TRITON_FIELDS = {
+    "dtype": st.sampled_from([torch.float32, torch.float64, torch.float16]),
+    "shape": batch_shapes(max_batch=5, max_event_dims=2, max_event=6),
+    "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=3, max_size=3),
+    "scale_fn": st.sampled_from(SCALE_FNS),
+    "clamp": st.sampled_from([0.5, 2.0]),
+    "inverse": st.booleans(),
+    "seed": st.integers(0, 2**16),
+}
+triton_case = st.fixed_dictionaries(_TRITON_FIELDS)
+triton_element_case = st.fixed_dictionaries({**_TRITON_FIELDS, "gl_layout": st.sampled_from(LAYOUTS)})
 
 
 # ----------------------------------------------------------------------------- backends vs reference
@@ -83,6 +84,19 @@ def test_backward_matches_reference(backend, c):
     check_backward(backend, "cpu", **c)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(c=element_case)
+def test_element_forward_matches_reference(backend, c):
+    c.pop("gl_layout")
+    check_forward(backend, "cpu", **c, ladj="element")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(c=element_case)
+def test_element_backward_matches_reference(backend, c):
+    check_backward(backend, "cpu", **c, ladj="element")
+
+
 @pytest.mark.parametrize("scale_fn", SCALE_FNS)
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("cols", [4095, 4096, 4097, 3 * 4096 + 5])
@@ -90,6 +104,9 @@ def test_cpp_long_rows(scale_fn, inverse, cols):
     # Rows longer than one CPU tile are summed from per-tile partials.
     check_forward("cpp", "cpu", torch.float32, (3, cols), ["contiguous"] * 3, scale_fn, 2.0, inverse)
     check_backward("cpp", "cpu", torch.float32, (3, cols), ["sliced"] * 3, scale_fn, 2.0, inverse)
+    check_forward("cpp", "cpu", torch.float32, (3, cols), ["sliced"] * 3, scale_fn, 2.0, inverse, ladj="element")
+    check_backward("cpp", "cpu", torch.float32, (3, cols), ["contiguous"] * 3, scale_fn, 2.0, inverse,
+                   ladj="element", gl_layout="sliced")
 
 
 @pytest.mark.parametrize("scale_fn", SCALE_FNS)
@@ -102,6 +119,8 @@ def test_cpp_narrow_rows(scale_fn, inverse, dtype, shape):
     check_forward("cpp", "cpu", dtype, shape, ["contiguous"] * 3, scale_fn, 2.0, inverse)
     check_backward("cpp", "cpu", dtype, shape, ["contiguous"] * 3, scale_fn, 2.0, inverse)
     check_backward("cpp", "cpu", dtype, shape, ["contiguous", "sliced", "contiguous"], scale_fn, 2.0, inverse)
+    check_forward("cpp", "cpu", dtype, shape, ["contiguous"] * 3, scale_fn, 2.0, inverse, ladj="element")
+    check_backward("cpp", "cpu", dtype, shape, ["contiguous"] * 3, scale_fn, 2.0, inverse, ladj="element")
 
 
 @pytest.mark.triton
@@ -116,6 +135,15 @@ def test_triton_forward_matches_reference(c):
 @given(c=triton_case)
 def test_triton_backward_matches_reference(c):
     check_backward("triton", triton_device(), **c)
+
+
+@pytest.mark.triton
+@settings(max_examples=max(1, TRITON_EXAMPLES // 2))
+@given(c=triton_element_case)
+def test_triton_element_matches_reference(c):
+    gl_layout = c.pop("gl_layout")
+    check_forward("triton", triton_device(), **c, ladj="element")
+    check_backward("triton", triton_device(), **c, ladj="element", gl_layout=gl_layout)
 
 
 @pytest.mark.triton
@@ -134,6 +162,10 @@ def test_triton_long_rows(inverse):
     # More than one column tile per row: partial sums and the second kernel.
     check_forward("triton", triton_device(), torch.float32, (2, 2500), ["contiguous"] * 3, "softclamp", 2.0, inverse)
     check_backward("triton", triton_device(), torch.float32, (2, 2500), ["sliced"] * 3, "sigmoid", 2.0, inverse)
+    check_forward("triton", triton_device(), torch.float32, (2, 2500), ["contiguous"] * 3, "softclamp", 2.0, inverse,
+                  ladj="element")
+    check_backward("triton", triton_device(), torch.float32, (2, 2500), ["sliced"] * 3, "sigmoid", 2.0, inverse,
+                   ladj="element", gl_layout="sliced")
 
 
 @pytest.mark.gpu
@@ -148,6 +180,15 @@ def test_gpu_forward_matches_reference(backend, c):
 @given(c=case)
 def test_gpu_backward_matches_reference(backend, c):
     check_backward(backend, "cuda", **c)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@given(c=element_case)
+def test_gpu_element_matches_reference(backend, c):
+    gl_layout = c.pop("gl_layout")
+    check_forward(backend, "cuda", **c, ladj="element")
+    check_backward(backend, "cuda", **c, ladj="element", gl_layout=gl_layout)
 
 
 @pytest.mark.gpu
@@ -176,7 +217,64 @@ def test_reference_backward_is_the_chain_rule(c):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
+@given(c=element_case.filter(lambda c: c["dtype"] == torch.float64))
+def test_reference_backward_is_the_chain_rule_per_element(c):
+    x, t, a = _inputs(c["shape"], torch.float64, c["layouts"], c["seed"])
+    gy = make_tensor(c["shape"], torch.float64, seed=99)
+    gl = make_tensor(c["shape"], torch.float64, c["gl_layout"], seed=98)  # any values, one per element
+    xr, tr, ar = (u.clone().requires_grad_() for u in (x, t, a))
+    y, ladj = reference.affine_coupling(xr, tr, ar, c["scale_fn"], c["clamp"], c["inverse"], "element")
+    assert ladj.shape == x.shape
+    want = torch.autograd.grad((y, ladj), (xr, tr, ar), (gy, gl))
+    got = reference.affine_coupling_backward(gy, gl, x, t, a, c["scale_fn"], c["clamp"], c["inverse"])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("scale_fn", SCALE_FNS)
+@pytest.mark.parametrize("inverse", [False, True])
+def test_element_ladj_sums_to_row_ladj(backend, scale_fn, inverse):
+    # The per-element log-determinants are log |dy / dx| element by element; their row sums the row's ladj.
+    x, t, a = (make_tensor((6, 2, 7), torch.float64, seed=i) for i in range(3))
+    y, row = affine_coupling(x, t, a, scale_fn=scale_fn, inverse=inverse, backend=backend)
+    y_el, el = affine_coupling(x, t, a, scale_fn=scale_fn, inverse=inverse, ladj="element", backend=backend)
+    assert torch.equal(y, y_el) and el.shape == x.shape and el.dtype == torch.float64
+    torch.testing.assert_close(el.sum(dim=(1, 2)), row, rtol=1e-12, atol=1e-12)
+    xr = x.clone().requires_grad_()
+    dydx = torch.autograd.grad(
+        affine_coupling(xr, t, a, scale_fn=scale_fn, inverse=inverse, backend=backend)[0].sum(), xr)[0]
+    torch.testing.assert_close(el, dydx.log(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_element_ladj_dtype_and_no_alias(backend, dtype):
+    x, t, a = (make_tensor((4, 3), dtype, seed=i) for i in range(3))
+    _, el = affine_coupling(x, t, a, ladj="element", backend=backend)
+    assert el.dtype == torch.float32 and el.is_contiguous()
+    a64 = a.double()
+    _, el64 = affine_coupling(x.double(), t.double(), a64, ladj="element", backend=backend)  # "exp": s = scale
+    assert torch.equal(el64, a64) and el64.data_ptr() != a64.data_ptr()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("path", ["eager", "custom_op"])
+def test_element_gradcheck(backend, path):
+    x, t, a = (make_tensor((3, 4), torch.float64, layout, seed=i).requires_grad_() for i, layout in
+               enumerate(["contiguous", "sliced", "transposed"]))
+    for scale_fn, inverse in (("softclamp", False), ("sigmoid_eps", True)):
+        if path == "eager":
+            def fn(x, t, a):
+                return affine_coupling(x, t, a, scale_fn=scale_fn, inverse=inverse, ladj="element", backend=backend)
+        else:
+            def fn(x, t, a):
+                return torch.ops.pyprobtf.affine_coupling(x, t, a, scale_fn, 2.0, inverse, backend, "element")
+        assert torch.autograd.gradcheck(fn, (x, t, a))
+        assert torch.autograd.gradgradcheck(fn, (x, t, a))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -272,20 +370,23 @@ def test_gradient_flows_only_where_needed():
 
 @pytest.mark.parametrize("path", ["eager", "custom_op"])
 @pytest.mark.parametrize("scale_fn", SCALE_FNS)
-def test_second_derivatives_match_reference(path, scale_fn):
+@pytest.mark.parametrize("mode", ["sum", "element"])
+def test_second_derivatives_match_reference(path, scale_fn, mode):
     # create_graph=True: gradients of gradients (as in gradient penalties) are exact.
     x, t, a = (make_tensor((3, 4), torch.float64, seed=i).requires_grad_() for i in range(3))
+    w_ladj = make_tensor((3, 4) if mode == "element" else (3,), torch.float64, seed=5)  # any weights
 
     def penalty(fn):
         y, ladj = fn(x, t, a)
-        grads = torch.autograd.grad((y ** 2).sum() + ladj.sum(), (x, t, a), create_graph=True)
+        grads = torch.autograd.grad((y ** 2).sum() + (w_ladj * ladj ** 2).sum(), (x, t, a), create_graph=True)
         return torch.autograd.grad(sum((g ** 2).sum() for g in grads), (x, t, a))
 
     if path == "eager":
-        ours = penalty(lambda x, t, a: affine_coupling(x, t, a, scale_fn=scale_fn, inverse=True, backend="cpp"))
+        ours = penalty(lambda x, t, a: affine_coupling(x, t, a, scale_fn=scale_fn, inverse=True, ladj=mode,
+                                                       backend="cpp"))
     else:
-        ours = penalty(lambda x, t, a: torch.ops.pyprobtf.affine_coupling(x, t, a, scale_fn, 2.0, True, "cpp"))
-    want = penalty(lambda x, t, a: reference.affine_coupling(x, t, a, scale_fn, 2.0, True))
+        ours = penalty(lambda x, t, a: torch.ops.pyprobtf.affine_coupling(x, t, a, scale_fn, 2.0, True, "cpp", mode))
+    want = penalty(lambda x, t, a: reference.affine_coupling(x, t, a, scale_fn, 2.0, True, mode))
     for o, w in zip(ours, want):
         torch.testing.assert_close(o, w, rtol=1e-10, atol=1e-10)
 
@@ -340,6 +441,8 @@ def test_bad_tensors(make, error, match):
         ({"clamp": math.nan}, ValueError, r"`clamp` must be positive and finite; got nan"),
         ({"clamp": "2"}, TypeError, r"`clamp` must be a real number; got str"),
         ({"inverse": 1}, TypeError, r"`inverse` must be True or False; got 1"),
+        ({"ladj": "rows"}, ValueError, r"affine_coupling: `ladj` must be one of \('sum', 'element'\); got 'rows'"),
+        ({"ladj": None}, ValueError, r"`ladj` must be one of \('sum', 'element'\); got None"),
         ({"backend": "numba"}, ValueError, r"`backend` must be one of"),
     ],
 )
@@ -365,12 +468,21 @@ def test_opcheck(backend, dtype):
         torch.ops.pyprobtf.affine_coupling_backward.default,
         (gy, gl, x.detach(), t.detach(), a.detach(), "exp", 2.0, False, backend),
     )
+    # Per-element log-determinants, and their (strided) gradient.
+    torch.library.opcheck(torch.ops.pyprobtf.affine_coupling.default,
+                          (x, t, a, "softclip", 2.0, True, backend, "element"))
+    gl_elements = make_tensor((5, 3), dtype, "transposed", seed=11)
+    torch.library.opcheck(
+        torch.ops.pyprobtf.affine_coupling_backward.default,
+        (gy, gl_elements, x.detach(), t.detach(), a.detach(), "softclamp", 2.0, True, backend),
+    )
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("mode", ["sum", "element"])
+def test_torch_compile_fullgraph(mode):
     def layer(x, t, a):
-        y, ladj = affine_coupling(x, t, a, scale_fn="softclamp")
-        return (y * y).sum() + ladj.sum()
+        y, ladj = affine_coupling(x, t, a, scale_fn="softclamp", ladj=mode)
+        return (y * y).sum() + (ladj * ladj).sum()
 
     compiled = torch.compile(layer, fullgraph=True)
     x, t, a = (make_tensor((8, 6), torch.float32, seed=i).requires_grad_() for i in range(3))
