@@ -88,6 +88,14 @@ def test_opcheck_every_registered_op(name):
     torch.library.opcheck(op, args)
 
 
+def test_opcheck_affine_coupling_per_element_ladj():
+    """The per-element log-determinant form (``ladj="element"``, the schema's last argument)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.pyprobtf.affine_coupling,
+                          (x.requires_grad_(), x.clone(), x.clone(), "softclip", 2.0, True, "cpp", "element"))
+
+
 # ----------------------------------------------------------------------------- resolution
 
 
