@@ -6,7 +6,8 @@ Drop-in replacements for zuko's affine pieces, computed by
 
 - :class:`MonotonicAffineTransform`: ``zuko.transforms.MonotonicAffineTransform``
   (same constructor, attributes ``shift``, ``log_scale``, ``scale``, and
-  per-element log-determinants from ``log_abs_det_jacobian``/``call_and_ladj``).
+  per-element log-determinants from ``log_abs_det_jacobian``; ``call_and_ladj``
+  computes ``y`` and them in one fused pass, ``ladj="element"``).
 - :class:`GeneralCouplingTransform`: ``zuko.flows.GeneralCouplingTransform``
   whose affine step and the per-row sum of its log-determinant are one fused
   pass (forward and backward).
