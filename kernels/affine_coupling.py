@@ -16,9 +16,11 @@ import triton.language as tl
 
 MAX_BLOCK_F = 1024
 TILE_ELEMENTS = 2048
-# 8 warps: 8 elements of a tile per thread. With 4, ptxas spilled registers on
-# sm_80 (benchmarks/results/kernel-resources.md has every specialisation).
-BACKWARD_WARPS = 8
+# 16 warps: 4 elements of a tile per thread. With 4, ptxas spilled registers on
+# sm_80; with 8, on sm_100/103 (which it held to 64 registers in the float16
+# "sigmoid" inverse), and float64 "softclamp" kept an 8-byte stack frame on
+# sm_90 (benchmarks/results/kernel-resources.md has every specialisation).
+BACKWARD_WARPS = 16
 # The float64 forward too: with 4 warps (16 float64 elements per thread) the
 # softclamp tanh kept an 8-byte stack frame on sm_80/86/89.
 FORWARD_WARPS_FP64 = 8
