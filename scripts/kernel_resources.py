@@ -112,7 +112,7 @@ def _affine_axes(k):
     # Row lengths 1 .. 2 MAX_BLOCK_F: every tile width, and rows that need several tiles.
     return dict(dtype=FLOATS, scale_fn=tuple(range(6)), inverse=(False, True),
                 cols=tuple(_pow2s(1, 2 * k.MAX_BLOCK_F)), rows=(1, 37), layout=("contiguous", "strided"),
-                grad_shift=(True, False), ladj=("sum", "element"))
+                grad_shift=(True, False), element_ladj=(False, True))
 
 
 def _affine_drive(torch, k, c):
@@ -120,12 +120,13 @@ def _affine_drive(torch, k, c):
     x, t, a = (_matrix(torch, c["rows"], c["cols"], dtype, c["layout"]) for _ in range(3))
     ladj_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     y = torch.empty(x.shape, dtype=dtype, device="meta")
-    ladj_shape = tuple(x.shape) if c.get("ladj") == "element" else x.shape[:1]  # (B, F): per element
-    ladj = torch.empty(ladj_shape, dtype=ladj_dtype, device="meta")
-    k.forward(x, t, a, y, ladj, c["scale_fn"], 2.0, c["inverse"])
     gx, gs = torch.empty_like(y), torch.empty_like(y)
     gt = torch.empty_like(y) if c["grad_shift"] else None
-    k.backward(y, ladj, x, t, a, gx, gt, gs, c["scale_fn"], 2.0, c["inverse"])
+    # Row sums always (so every case reaches each kernel); with element_ladj, per-element ones too.
+    for ladj_shape in (x.shape[:1], x.shape) if c["element_ladj"] else (x.shape[:1],):
+        ladj = torch.empty(ladj_shape, dtype=ladj_dtype, device="meta")
+        k.forward(x, t, a, y, ladj, c["scale_fn"], 2.0, c["inverse"])
+        k.backward(y, ladj, x, t, a, gx, gt, gs, c["scale_fn"], 2.0, c["inverse"])
 
 
 def _lincomb_axes(k):
