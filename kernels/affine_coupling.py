@@ -21,9 +21,10 @@ TILE_ELEMENTS = 2048
 # "sigmoid" inverse), and float64 "softclamp" kept an 8-byte stack frame on
 # sm_90 (benchmarks/results/kernel-resources.md has every specialisation).
 BACKWARD_WARPS = 16
-# The float64 forward too: with 4 warps (16 float64 elements per thread) the
-# softclamp tanh kept an 8-byte stack frame on sm_80/86/89.
-FORWARD_WARPS_FP64 = 8
+# 8 warps forward: 8 elements per thread. With 4 (16 per thread), the float64
+# softclamp kept an 8-byte stack frame on sm_80/86/89 and ptxas for sm_120/121
+# spilled the bfloat16 "exp" inverse of 4-column rows.
+FORWARD_WARPS = 8
 
 
 @triton.jit
@@ -205,7 +206,7 @@ def forward(x, shift, scale, y, ladj, scale_fn: int, clamp: float, inverse: bool
         x, *x.stride(), shift, *shift.stride(), scale, *scale.stride(), y, ladj, partial,
         rows, cols, n_tiles, clamp,
         SCALE_FN=scale_fn, INVERSE=inverse, ELEMENTS=elements, COMPUTE=_compute_dtype(x.dtype),
-        BLOCK_R=block_r, BLOCK_F=block_f, num_warps=FORWARD_WARPS_FP64 if x.dtype == torch.float64 else 4,
+        BLOCK_R=block_r, BLOCK_F=block_f, num_warps=FORWARD_WARPS,
     )
     if n_tiles > 1 and not elements:
         _sum_partials_kernel[(rows,)](partial, ladj, n_tiles, INVERSE=inverse, BLOCK=1024)
