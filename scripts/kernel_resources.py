@@ -31,9 +31,12 @@ importing triton): the interpreter's kernels cannot be compiled.
 ``--out DIR`` writes DIR/kernel-resources.{json,md}; with ``--update`` the parts
 this run does not compute are kept from the table already there, each part with
 its own record of the run that produced it, so the Triton and CUDA parts can be
-refreshed separately and still make one table:
+refreshed separately and still make one table. Within the Triton part each op
+has its own record too: ``--ops X --update`` replaces op X's rows and keeps the
+other ops' rows, and the markdown says which run produced which op's rows:
 
     python scripts/kernel_resources.py --skip cuda --update --out benchmarks/results --check
+    python scripts/kernel_resources.py --skip cuda --update --ops lincomb --out benchmarks/results
     python scripts/kernel_resources.py --skip triton --update --out benchmarks/results --check
 """
 
@@ -769,7 +772,8 @@ def main(argv=None) -> int:
     parser.add_argument("--deadline", type=float, help="stop compiling after this many seconds")
     parser.add_argument("--update", action="store_true",
                         help="with --out: keep the parts of the existing table this run does not compute "
-                             "(--skip cuda --update rewrites the Triton part and keeps the CUDA part)")
+                             "(--skip cuda --update rewrites the Triton part and keeps the CUDA part; with --ops, "
+                             "only those ops' Triton rows are rewritten)")
     parser.add_argument("--note", help="a remark on this run, printed with the parts it computed")
     parser.add_argument("--list", action="store_true",
                         help="print the kernels and their launchers' specialisations as JSON, compile nothing")
