@@ -13,10 +13,12 @@ import triton.language as tl
 
 MAX_BLOCK_F = 1024
 TILE_ELEMENTS = 2048
-# Warps per program: float64 tiles take 8 (8 elements per thread; with 4, ptxas
-# spilled registers in tiles with noise); float32 tiles keep 4 (with 8, ptxas
-# spilled in a noise tile on sm_80). See benchmarks/results/kernel-resources.md.
-WARPS_FLOAT64, WARPS_FLOAT32 = 8, 4
+# Warps per program: 8 (8 elements per thread) for float64 tiles and for tiles
+# with noise: with 4, ptxas spilled in float64 noise tiles, and float32 noise
+# tiles with per-row seeds took 255 registers and spilled on sm_86 and newer
+# (with 8: at most about 140, and twice the warps per SM). Float32 tiles without
+# noise keep 4. See benchmarks/results/kernel-resources.md.
+WARPS_WIDE, WARPS_FLOAT32 = 8, 4
 
 
 # pi / 2 in three float32 parts: q * part is exact for the quadrants q <= 4 used below.
@@ -142,5 +144,5 @@ def lincomb(inputs, coeffs, coeff_rows, out, noise, noise_std, noise_rows, seed,
     _lincomb_kernel[grid](
         *args, N=n, ROW_COEFF=row_coeff, NOISE=noise, ROW_NOISE=noise_rows is not None,
         ROW_SEED=seed_rows is not None, COMPUTE=compute, BLOCK_R=block_r, BLOCK_F=block_f,
-        num_warps=WARPS_FLOAT64 if out.dtype == torch.float64 else WARPS_FLOAT32,
+        num_warps=WARPS_WIDE if out.dtype == torch.float64 or noise else WARPS_FLOAT32,
     )
