@@ -13,12 +13,15 @@ import triton.language as tl
 
 MAX_BLOCK_F = 1024
 TILE_ELEMENTS = 2048
-# Warps per program: 8 (8 elements per thread) for float64 tiles and for tiles
-# with noise: with 4, ptxas spilled in float64 noise tiles, and float32 noise
-# tiles with per-row seeds took 255 registers and spilled on sm_86 and newer
-# (with 8: at most about 140, and twice the warps per SM). Float32 tiles without
-# noise keep 4. See benchmarks/results/kernel-resources.md.
+# Warps per program, from ptxas' reports over every specialisation and target
+# (benchmarks/results/kernel-resources.md): 8 (8 elements per thread) for float64
+# tiles (with 4, ptxas spilled in noise tiles) and for float32 noise tiles narrower
+# than NOISE_WIDE_F columns (with 4, per-row-seed 64 x 32 tiles took 255 registers
+# and spilled on sm_86 and newer; with 8, about 140). Other float32 tiles keep 4
+# (with 8, ptxas held a 16 x 128 per-row-seed noise tile to 128 registers and
+# spilled on sm_86/sm_89; with 4 it takes up to 186 and does not spill).
 WARPS_WIDE, WARPS_FLOAT32 = 8, 4
+NOISE_WIDE_F = 128
 
 
 # pi / 2 in three float32 parts: q * part is exact for the quadrants q <= 4 used below.
@@ -144,5 +147,5 @@ def lincomb(inputs, coeffs, coeff_rows, out, noise, noise_std, noise_rows, seed,
     _lincomb_kernel[grid](
         *args, N=n, ROW_COEFF=row_coeff, NOISE=noise, ROW_NOISE=noise_rows is not None,
         ROW_SEED=seed_rows is not None, COMPUTE=compute, BLOCK_R=block_r, BLOCK_F=block_f,
-        num_warps=WARPS_WIDE if out.dtype == torch.float64 or noise else WARPS_FLOAT32,
+        num_warps=WARPS_WIDE if out.dtype == torch.float64 or (noise and block_f < NOISE_WIDE_F) else WARPS_FLOAT32,
     )
