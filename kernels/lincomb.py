@@ -1,8 +1,9 @@
 """Triton kernel for lincomb (contract in docs/ARCHITECTURE.md).
 
 One program per tile of BLOCK_R rows x BLOCK_F columns (a flat 1-D grid, so any
-number of rows and column tiles fits); the noise is ``tl.randn`` itself, on the
-counter ``offset + r * cols + c`` (one seed) or ``offset + c`` with the row's seed.
+number of rows and column tiles fits); the noise is ``tl.randn``'s Box-Muller on
+the counter ``offset + r * cols + c`` (one seed) or ``offset + c`` with the row's
+seed, with the cosine computed by ``_cos_turn`` (see there why).
 """
 
 from __future__ import annotations
@@ -12,10 +13,53 @@ import triton.language as tl
 
 MAX_BLOCK_F = 1024
 TILE_ELEMENTS = 2048
-# Warps per program: float64 tiles take 8 (8 elements per thread; with 4, ptxas
-# spilled registers in tiles with noise); float32 tiles keep 4 (with 8, ptxas
-# spilled in a noise tile on sm_80). See benchmarks/results/kernel-resources.md.
-WARPS_FLOAT64, WARPS_FLOAT32 = 8, 4
+# Warps per program, from ptxas' reports over every specialisation and target
+# (benchmarks/results/kernel-resources.md): 8 (8 elements per thread) for float64
+# tiles (with 4, ptxas spilled in noise tiles) and for float32 noise tiles narrower
+# than NOISE_WIDE_F columns (with 4, per-row-seed 64 x 32 tiles took 255 registers
+# and spilled on sm_86 and newer; with 8, about 140). Other float32 tiles keep 4
+# (with 8, ptxas held a 16 x 128 per-row-seed noise tile to 128 registers and
+# spilled on sm_86/sm_89; with 4 it takes up to 186 and does not spill).
+WARPS_WIDE, WARPS_FLOAT32 = 8, 4
+NOISE_WIDE_F = 128
+
+
+# pi / 2 in three float32 parts: q * part is exact for the quadrants q <= 4 used below.
+_PIO2_HI = tl.constexpr(1.5703125)
+_PIO2_MID = tl.constexpr(0.00048382673412561417)
+_PIO2_LO = tl.constexpr(6.077094383272197e-11)
+
+
+@triton.jit
+def _cos_turn(th):
+    """cos(th) for float32 ``th`` in [0, 2 pi], to about one ulp.
+
+    ``tl.cos`` (libdevice's cosf) carries a Payne-Hanek reduction for huge
+    arguments that needs a 28-byte local array: a stack frame in every kernel that
+    calls it, and more live registers (ptxas spilled in some lincomb tiles). Box-Muller's
+    angle is below 2 pi, so a Cody-Waite reduction to [-pi/4, pi/4] and the
+    Cephes float polynomials suffice.
+    """
+    q = (th * 0.6366197723675814 + 0.5).to(tl.int32)  # the nearest quadrant, 0 to 4
+    qf = q.to(tl.float32)
+    r = th - qf * _PIO2_HI
+    r = r - qf * _PIO2_MID
+    r = r - qf * _PIO2_LO
+    z = r * r
+    cos_r = 1.0 - 0.5 * z + z * z * ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2)
+    sin_r = r + r * z * ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1)
+    # cos(r + q pi / 2) for q mod 4 = 0, 1, 2, 3: cos r, -sin r, -cos r, sin r
+    v = tl.where((q & 1) == 0, cos_r, sin_r)
+    return tl.where(((q + 1) & 2) == 0, v, -v)
+
+
+@triton.jit
+def _randn(seed, counter):
+    """``tl.randn(seed, counter)`` (Philox4x32-10 words 0 and 1, Box-Muller) with ``_cos_turn`` for the cosine."""
+    w0, w1, _, _ = tl.randint4x(seed, counter)
+    u0 = tl.maximum(1.0e-7, tl.uint_to_uniform_float(w0))
+    th = 6.283185307179586 * tl.uint_to_uniform_float(w1)
+    return tl.sqrt(-2.0 * tl.log(u0)) * _cos_turn(th)
 
 
 @triton.jit
@@ -59,7 +103,7 @@ def _lincomb_kernel(
         else:
             key = seed
             counter = offset + r * cols + c
-        eps = tl.randn(key, counter).to(COMPUTE)
+        eps = _randn(key, counter).to(COMPUTE)
         if ROW_NOISE:
             std = tl.load(NR + r * nr_s, mask=rmask, other=0.0).to(COMPUTE)
         else:
@@ -103,5 +147,5 @@ def lincomb(inputs, coeffs, coeff_rows, out, noise, noise_std, noise_rows, seed,
     _lincomb_kernel[grid](
         *args, N=n, ROW_COEFF=row_coeff, NOISE=noise, ROW_NOISE=noise_rows is not None,
         ROW_SEED=seed_rows is not None, COMPUTE=compute, BLOCK_R=block_r, BLOCK_F=block_f,
-        num_warps=WARPS_FLOAT64 if out.dtype == torch.float64 else WARPS_FLOAT32,
+        num_warps=WARPS_WIDE if out.dtype == torch.float64 or (noise and block_f < NOISE_WIDE_F) else WARPS_FLOAT32,
     )

@@ -31,9 +31,12 @@ importing triton): the interpreter's kernels cannot be compiled.
 ``--out DIR`` writes DIR/kernel-resources.{json,md}; with ``--update`` the parts
 this run does not compute are kept from the table already there, each part with
 its own record of the run that produced it, so the Triton and CUDA parts can be
-refreshed separately and still make one table:
+refreshed separately and still make one table. Within the Triton part each op
+has its own record too: ``--ops X --update`` replaces op X's rows and keeps the
+other ops' rows, and the markdown says which run produced which op's rows:
 
     python scripts/kernel_resources.py --skip cuda --update --out benchmarks/results --check
+    python scripts/kernel_resources.py --skip cuda --update --ops lincomb --out benchmarks/results
     python scripts/kernel_resources.py --skip triton --update --out benchmarks/results --check
 """
 
@@ -439,8 +442,12 @@ def triton_table(coverage: str, targets, workers: int, ops=tuple(OPS), deadline=
     kernels = {}
     for op in ops:
         kernels[op] = sorted(triton_kernels(importlib.import_module(f"pyprobtf.kernels.{op}")))
-    return dict(triton_version=triton.__version__, coverage=coverage, cases_per_op=cases_per_op,
-                specialisations=len(specs), kernels=kernels, rows=rows, not_compiled=len(jobs) - len(rows))
+    per_op = {op: dict(triton_version=triton.__version__, coverage=coverage, cases=cases_per_op[op],
+                       specialisations=sum(1 for s in specs if s["op"] == op),
+                       not_compiled=sum(1 for i, _ in jobs if specs[i]["op"] == op)
+                       - sum(1 for r in rows if r["op"] == op))
+              for op in ops}
+    return dict(rows=rows, kernels=kernels, ops=per_op)
 
 
 # ----------------------------------------------------------------------------- CUDA
@@ -588,11 +595,12 @@ def problems(table: dict) -> list[str]:
             for name in names:
                 if (op, name) not in compiled:
                     found.append(f"triton {op}.{name}: no launcher produced a specialisation of it")
-        if tri.get("not_compiled"):
-            found.append(f"triton: {tri['not_compiled']} compiles not done before the deadline")
-        for cap in REQUIRED_TARGETS if tri.get("all_targets") else ():
-            if f"sm_{cap}" not in tri["targets"]:
-                found.append(f"triton: target sm_{cap} was not compiled")
+        for op, info in _ops_of(tri).items():
+            if info.get("not_compiled"):
+                found.append(f"triton {op}: {info['not_compiled']} compiles not done before the deadline")
+            for cap in REQUIRED_TARGETS if info.get("all_targets") else ():
+                if f"sm_{cap}" not in info["targets"]:
+                    found.append(f"triton {op}: target sm_{cap} was not compiled")
     return found
 
 
@@ -618,21 +626,35 @@ def _template(name: str) -> str:
 def write_markdown(table: dict, path: Path) -> None:
     tri, cu = table.get("triton"), table.get("cuda")
     lines = ["# GPU kernel resources, compiled ahead of time (no GPU)", ""]
-    for name, part in (("Triton", tri), ("CUDA", cu)):
-        if part:
-            run = part["run"]
-            lines += [f"{name} part produced by `python scripts/kernel_resources.py {run['command']}` on "
-                      f"{run['date']} ({run['machine']}"
-                      + (f", {run['seconds']:.0f} s)." if "seconds" in run else ").")
-                      + (f" {run['note']}" if run.get("note") else ""), ""]
+    def produced(what, run):
+        return [f"{what} produced by `python scripts/kernel_resources.py {run['command']}` on "
+                f"{run['date']} ({run['machine']}"
+                + (f", {run['seconds']:.0f} s)." if "seconds" in run else ").")
+                + (f" {run['note']}" if run.get("note") else ""), ""]
+
     if tri:
-        lines += [f"Triton {tri['triton_version']}: {tri['specialisations']} specialisations of "
-                  f"{sum(len(v) for v in tri['kernels'].values())} kernels from the launchers run on meta tensors "
-                  f"({tri['coverage']} coverage of the launcher inputs; cases per op: "
-                  + ", ".join(f"{k} {v}" for k, v in tri["cases_per_op"].items()) + "), targets "
-                  + ", ".join(tri["targets"])
-                  + (" (newer targets tried and not supported by this Triton: "
-                     + (", ".join(tri["unsupported_targets"]) or "none") + ")." if tri.get("all_targets") else ".")]
+        ops = _ops_of(tri)
+        runs = {}  # the ops each run produced, runs in order of first op
+        for op, info in ops.items():
+            runs.setdefault(json.dumps(info["run"], sort_keys=True), []).append(op)
+        for key, run_ops in runs.items():
+            what = "Triton part" if len(runs) == 1 else "Triton rows of " + ", ".join(run_ops)
+            lines += produced(what, json.loads(key))
+    if cu:
+        lines += produced("CUDA part", cu["run"])
+    if tri:
+        kernels = sum(len(v) for v in tri["kernels"].values())
+        lines += [f"Triton: {sum(i['specialisations'] for i in ops.values())} specialisations of {kernels} kernels "
+                  "from the launchers run on meta tensors, per op: its launcher input cases and their coverage, "
+                  "the Triton version and the targets compiled:", ""]
+        for op, info in ops.items():
+            lines.append(f"- {op}: {info['specialisations']} specialisations from {info['cases']} cases "
+                         f"({info['coverage']} coverage), Triton {info['triton_version']}, "
+                         + ", ".join(info["targets"])
+                         + (" (newer targets tried and not supported by this Triton: "
+                            + (", ".join(info["unsupported_targets"]) or "none") + ")" if info.get("all_targets")
+                            else ""))
+        lines.append("")
     if cu:
         lines += [f"CUDA: `cuobjdump --dump-resource-usage` ({cu['cuobjdump']}) on the built `{cu['module']}`: machine "
                   f"code for {', '.join(cu['elf_archs'])}, PTX for {', '.join(cu['ptx_archs']) or 'none'} "
@@ -681,16 +703,53 @@ def write_markdown(table: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _ops_of(tri: dict) -> dict:
+    """{op: its run record, coverage, targets, cases, specialisations, ...} of a Triton part.
+
+    A part written before ops carried their own record gets the part's record for each of its ops.
+    """
+    if "ops" in tri:
+        return tri["ops"]
+    ops = {}
+    for op in tri.get("kernels", {}):
+        rows = [r for r in tri["rows"] if r["op"] == op]
+        ops[op] = dict(run=tri.get("run", {}), triton_version=tri.get("triton_version"),
+                       coverage=tri.get("coverage"), cases=tri.get("cases_per_op", {}).get(op),
+                       specialisations=len({(r["kernel"], r["specialisation"]) for r in rows}),
+                       not_compiled=0, targets=tri.get("targets", []),
+                       unsupported_targets=tri.get("unsupported_targets", []),
+                       all_targets=tri.get("all_targets", False))
+    return ops
+
+
+def _merged_triton(old: dict, new: dict) -> dict:
+    """The new Triton part with the rows, kernels and run records of the ops it did not compile, from ``old``."""
+    old_tri = old["triton"]
+    if "run" not in old_tri:  # a table written before parts carried their own run
+        old_tri = dict(old_tri, run={k: old[k] for k in ("command", "date", "machine", "seconds") if k in old})
+    kept = {op: info for op, info in _ops_of(old_tri).items() if op not in new["ops"]}
+    order = list(OPS)
+    ops = {op: (new["ops"] | kept)[op] for op in sorted(new["ops"].keys() | kept.keys(),
+                                                        key=lambda o: (order.index(o) if o in order else len(order), o))}
+    rows = [r for r in old_tri["rows"] if r["op"] in kept] + new["rows"]
+    kernels = {op: (new["kernels"] | old_tri["kernels"])[op] for op in ops}
+    return dict(new, ops=ops, rows=rows, kernels=kernels)
+
+
 def updated_table(path: Path, table: dict) -> dict:
     """``table`` with the parts it lacks (triton, cuda) taken from the table at ``path``, if there is one.
 
     Each part keeps its own ``run`` (command, date, machine, seconds, note), so one
-    file can hold a Triton part and a CUDA part computed at different times.
+    file can hold a Triton part and a CUDA part computed at different times. Within
+    the Triton part each op has its own record: a run with ``--ops`` replaces those
+    ops' rows and keeps the other ops' rows and records.
     """
     if not path.exists():
         return table
     old = json.loads(path.read_text())
     merged = dict(table)
+    if "triton" in table and "ops" in table["triton"] and "triton" in old:
+        merged["triton"] = _merged_triton(old, table["triton"])
     for part in ("triton", "cuda"):
         if part not in table and part in old:
             kept = dict(old[part])
@@ -715,7 +774,8 @@ def main(argv=None) -> int:
     parser.add_argument("--deadline", type=float, help="stop compiling after this many seconds")
     parser.add_argument("--update", action="store_true",
                         help="with --out: keep the parts of the existing table this run does not compute "
-                             "(--skip cuda --update rewrites the Triton part and keeps the CUDA part)")
+                             "(--skip cuda --update rewrites the Triton part and keeps the CUDA part; with --ops, "
+                             "only those ops' Triton rows are rewritten)")
     parser.add_argument("--note", help="a remark on this run, printed with the parts it computed")
     parser.add_argument("--list", action="store_true",
                         help="print the kernels and their launchers' specialisations as JSON, compile nothing")
@@ -752,10 +812,10 @@ def main(argv=None) -> int:
             targets, unsupported = [int(c) for c in args.targets.split(",")], []
         deadline = start + args.deadline if args.deadline else None
         tri = triton_table(args.coverage, targets, args.workers, tuple(args.ops.split(",")), deadline)
-        tri["targets"] = [f"sm_{c}" for c in targets]
-        tri["unsupported_targets"] = unsupported
-        tri["all_targets"] = args.targets == "all"
-        tri["run"] = run_of_part(start)
+        run = run_of_part(start)
+        for info in tri["ops"].values():
+            info.update(run=run, targets=[f"sm_{c}" for c in targets], unsupported_targets=unsupported,
+                        all_targets=args.targets == "all")
         table["triton"] = tri
     if "cuda" not in args.skip:
         cuda_start = time.time()

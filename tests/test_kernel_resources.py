@@ -5,8 +5,9 @@ in interpreter mode there). In the CI run: the specialisations that cover each
 launcher input value at least once ("each" coverage) of every Triton kernel
 (affine_coupling, lincomb, sampling, vq_nearest), for sm_80 (Ampere code, also
 what sm_86/sm_89 get) and sm_90 (Hopper); every kernel the launchers produce,
-listed without compiling; the --update merge of a results folder; and the built
-CUDA module, read with cuobjdump. The opt-in acceptance test compiles the same
+listed without compiling; the --update merge of a results folder (whole parts,
+and one op's Triton rows with --ops); and the built CUDA module, read with
+cuobjdump. The opt-in acceptance test compiles the same
 specialisations for every target the installed Triton supports (sm_100 and
 newer too); the committed table benchmarks/results/kernel-resources.md says
 which coverage and targets produced it.
@@ -160,6 +161,70 @@ def test_update_keeps_the_parts_not_computed(tmp_path):
     assert merged["cuda"]["rows"] == ["old cuda"]
     assert merged["cuda"]["run"] == dict(command="--skip triton", date="then", machine="m", seconds=1.0)
     assert kr.updated_table(tmp_path / "absent.json", new) == new
+
+
+def _op_record(run, targets, cases=3, specialisations=2):
+    return dict(run=run, triton_version="3.9.0", coverage="pairwise", cases=cases, specialisations=specialisations,
+                not_compiled=0, targets=targets, unsupported_targets=[], all_targets=len(targets) > 4)
+
+
+def _row(op, kernel, target, **change):
+    return dict(dict(op=op, kernel=kernel, specialisation="s", target=target, num_warps=4, regs=40, spill_stores=0,
+                     spill_loads=0, stack=0, local=0, shared=0), **change)
+
+
+def test_update_with_ops_replaces_only_those_ops_rows(tmp_path):
+    """--update --ops lincomb: lincomb's rows, problems and run record are the new ones, the other ops' stay."""
+    kr = _script_module()
+    required = [f"sm_{c}" for c in kr.REQUIRED_TARGETS]
+    every = required + [f"sm_{c}" for c in kr.NEWER_TARGETS]
+    old_run = dict(command="--ops sampling,lincomb", date="then", machine="m")
+    new_run = dict(command="--ops lincomb", date="now", machine="m")
+    old = dict(triton=dict(
+        kernels={"sampling": ["_draw_kernel"], "lincomb": ["_lincomb_kernel"]},
+        ops={"sampling": _op_record(old_run, required), "lincomb": _op_record(old_run, required)},
+        rows=[_row("sampling", "_draw_kernel", "sm_80"), _row("lincomb", "_lincomb_kernel", "sm_80", stack=32)]))
+    path = tmp_path / "kernel-resources.json"
+    path.write_text(json.dumps(old))
+    assert len(kr.problems(old)) == 1  # lincomb's stack frame
+    new = dict(triton=dict(kernels={"lincomb": ["_lincomb_kernel"]}, ops={"lincomb": _op_record(new_run, every)},
+                           rows=[_row("lincomb", "_lincomb_kernel", t) for t in every]))
+    merged = kr.updated_table(path, new)["triton"]
+    assert list(merged["ops"]) == ["lincomb", "sampling"]  # in OPS order
+    assert merged["ops"]["lincomb"]["run"] == new_run and merged["ops"]["lincomb"]["targets"] == every
+    assert merged["ops"]["sampling"] == old["triton"]["ops"]["sampling"]
+    assert merged["kernels"] == old["triton"]["kernels"]
+    assert sorted((r["op"], r["target"]) for r in merged["rows"]) == sorted(
+        [("sampling", "sm_80")] + [("lincomb", t) for t in every])
+    assert kr.problems(dict(triton=merged)) == []
+    # The markdown says which run produced which op's rows.
+    out = tmp_path / "table.md"
+    kr.write_markdown(dict(triton=merged, problems=[]), out)
+    text = out.read_text()
+    assert "Triton rows of lincomb produced by `python scripts/kernel_resources.py --ops lincomb` on now (m)." in text
+    assert "Triton rows of sampling produced by `python scripts/kernel_resources.py --ops sampling,lincomb`" in text
+    assert "- lincomb: 2 specialisations from 3 cases (pairwise coverage), Triton 3.9.0, " + ", ".join(every) in text
+
+
+def test_update_with_ops_reads_a_table_without_op_records(tmp_path):
+    """A Triton part written before ops had their own records: each kept op gets the part's record."""
+    kr = _script_module()
+    required = [f"sm_{c}" for c in kr.REQUIRED_TARGETS]
+    old = dict(command="--skip cuda", date="then", machine="m", seconds=1.0, triton=dict(
+        triton_version="3.9.0", coverage="pairwise", cases_per_op={"sampling": 5, "lincomb": 7}, specialisations=2,
+        kernels={"sampling": ["_draw_kernel"], "lincomb": ["_lincomb_kernel"]}, targets=required,
+        unsupported_targets=[], all_targets=False, not_compiled=0,
+        rows=[_row("sampling", "_draw_kernel", "sm_80"), _row("lincomb", "_lincomb_kernel", "sm_80")]))
+    path = tmp_path / "kernel-resources.json"
+    path.write_text(json.dumps(old))
+    new = dict(triton=dict(kernels={"lincomb": ["_lincomb_kernel"]},
+                           ops={"lincomb": _op_record(dict(command="--ops lincomb"), required)},
+                           rows=[_row("lincomb", "_lincomb_kernel", "sm_90")]))
+    merged = kr.updated_table(path, new)["triton"]
+    kept = merged["ops"]["sampling"]
+    assert kept["run"] == dict(command="--skip cuda", date="then", machine="m", seconds=1.0)
+    assert (kept["cases"], kept["specialisations"], kept["targets"]) == (5, 1, required)
+    assert [(r["op"], r["target"]) for r in merged["rows"]] == [("sampling", "sm_80"), ("lincomb", "sm_90")]
 
 
 def test_cuda_architecture_defaults_agree():
