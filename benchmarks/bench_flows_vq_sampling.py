@@ -25,8 +25,9 @@ runs smaller ones for a shared 2-core machine, where the full run takes hours
 
 Time: the peer and the adapter of a row run in interleaved rounds (a block of
 calls of at least --block seconds each, the order alternated every round); a
-time is the fastest block over the rounds, the speed-up the ratio of two such
-times. On a machine shared with other jobs a block can lose whole scheduler
+time is the fastest block over the rounds (rows whose calls take seconds: one
+warm-up and at most 3 rounds, see LONG_CALL_S), the speed-up the ratio of two
+such times. On a machine shared with other jobs a block can lose whole scheduler
 time slices, and with two threads every parallel region waits for the slower
 thread: timing one contender after the other then turns a burst of load into a
 2x "speed-up" either way, and the median of mostly disturbed blocks is not the
