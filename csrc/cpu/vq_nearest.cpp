@@ -91,6 +91,24 @@ double sum_of_squares(const Mat& m, int64_t row, int64_t dim) {
   return dot_exact(p, m.col_stride, p, m.col_stride, dim);
 }
 
+// Twice the rounding-error bound of this scan's score s~ (the window is twice
+// this again; see vq_score_error_bound in vq_nearest.h for the scheme). The
+// scan adds the D exact products x_d (alpha e_d) one by one to en = |e|^2
+// rounded to S (u M off), each step rounded once (or twice without FMA), so
+// against s = |e|^2 + alpha x.e for the codes the scan sees:
+//   |s~ - s| <= u M + gamma_{D+1} (M + |alpha| |x| E)  (+ underflow),
+// plus |alpha| u |x| E where the codes are rounded to S (cosine's unit codes):
+// within (gamma_{D+1} + 2u) (|alpha| |x| E + M).
+double scan_error_bound(double x_norm, double max_e_norm, double max_e_sq, double alpha_abs, int64_t dim,
+                        double unit_roundoff, double underflow) {
+  const double du = static_cast<double>(dim + 1) * unit_roundoff;
+  if (du >= 0.5) return std::numeric_limits<double>::infinity();
+  const double gamma = du / (1.0 - du);
+  const double bound = (gamma + 2.0 * unit_roundoff) * 1.01 * (alpha_abs * x_norm * max_e_norm + max_e_sq) +
+                       static_cast<double>(dim + 4) * underflow;
+  return 2.0 * bound;
+}
+
 template <typename T>
 const T* code_row(const VqNearest& a, int64_t j) {
   return static_cast<const T*>(a.codebook.data) + j * a.codebook.row_stride;
@@ -101,12 +119,13 @@ const T* code_row(const VqNearest& a, int64_t j) {
 // ---------------------------------------------------------------- shared with the scan
 
 // The codebook as the scan reads it: panels of NR codes, D x NR each (code
-// p * NR + c at lane c of row d), padded with zero codes whose offset is +inf.
+// p * NR + c at lane c of row d), holding alpha e (alpha = -2 for l2, -1 for
+// cosine on unit codes and dot: exact scalings), padded with zero codes whose
+// offset is +inf. A score is en + x . (alpha e).
 template <typename S>
 struct PackedCodebook {
   const S* panel;
   const S* offset;  // en per code: |e|^2 (l2), 0 (cosine, dot); +inf for padding
-  S alpha;          // -2 (l2) or -1 (cosine on unit codes, dot)
   int64_t codes, dim, panels;
 };
 
@@ -208,8 +227,11 @@ void prepare_codebook(const VqNearest& a, Prepared<S>& prep, int num_threads) {
       const double s = dot_exact(e.data(), 1, e.data(), 1, dim);
       sq[static_cast<size_t>(j)] = s;
       // Cosine scans unit codes e / max(|e|, eps): x . e^ orders codes as the cosine distance does.
+      // The scaling by alpha comes after the rounding to S, so it is exact (a code large enough for
+      // 2 e to overflow has |e|^2 = inf: every row then goes to the exact scan).
       const double scale = a.metric == VqMetric::Cosine ? 1.0 / vq_clamp_min(std::sqrt(s), kVqCosineEps) : 1.0;
-      for (int64_t d = 0; d < dim; ++d) panel[d * nr + c] = static_cast<S>(e[static_cast<size_t>(d)] * scale);
+      const S alpha = a.metric == VqMetric::L2 ? S(-2) : S(-1);
+      for (int64_t d = 0; d < dim; ++d) panel[d * nr + c] = alpha * static_cast<S>(e[static_cast<size_t>(d)] * scale);
       offset[c] = a.metric == VqMetric::L2 ? static_cast<S>(s) : S(0);
     }
   });
@@ -269,8 +291,11 @@ void process_tile(const VqNearest& a, const Prepared<S>& prep, const PackedCodeb
   const int64_t dim = a.dim, k = a.k, rows = r1 - r0;
   const int64_t micro_tiles = (rows + MR - 1) / MR;
   const int64_t padded = micro_tiles * MR;
-  std::vector<S> thr(padded), window(padded), heap(padded * k), cand_score(padded * cap);
-  std::vector<int64_t> heap_n(padded, 0), cand_idx(padded * cap), count(padded, 0);
+  std::vector<S> thr(padded), window(padded);
+  // Written before they are read: left uninitialised (a value-initialised vector would clear them).
+  std::unique_ptr<S[]> heap(new S[padded * k]), cand_score(new S[padded * cap]);
+  std::unique_ptr<int64_t[]> cand_idx(new int64_t[padded * cap]);
+  std::vector<int64_t> heap_n(padded, 0), count(padded, 0);
   std::vector<uint8_t> exact(padded, 1);
   std::vector<double> xsq(padded, 0.0), x(static_cast<size_t>(std::max<int64_t>(dim, 1)));
   // (rows >= 1 here: tiles are never empty)
@@ -311,18 +336,18 @@ void process_tile(const VqNearest& a, const Prepared<S>& prep, const PackedCodeb
     xsq[r] = s;
     const double xn = std::sqrt(s);
     const double largest = prep.max_sq + alpha_abs * xn * prep.max_norm;
-    const double bound = vq_score_error_bound(xn, prep.max_norm, prep.max_sq, alpha_abs, dim, unit_roundoff<S>(),
-                                              underflow<S>());
+    const double bound = scan_error_bound(xn, prep.max_norm, prep.max_sq, alpha_abs, dim, unit_roundoff<S>(),
+                                          underflow<S>());
     if (!prep.finite || !std::isfinite(s) || !(largest < score_limit<S>()) || !(bound < score_limit<S>())) continue;
-    // window = 2 * bound, rounded up to S.
-    S w = static_cast<S>(2.0 * bound);
+    // window >= 2 * bound in S: widened by 2^-20 first, so that only a subnormal window needs nextafter.
+    S w = static_cast<S>(2.0 * bound * (1.0 + 0x1p-20));
     if (static_cast<double>(w) < 2.0 * bound) w = std::nextafter(w, std::numeric_limits<S>::infinity());
     window[r] = w;
     thr[r] = std::numeric_limits<S>::infinity();
     exact[r] = 0;
   }
 
-  RowState<S> st{thr.data(), window.data(), heap.data(), heap_n.data(), cand_score.data(), cand_idx.data(),
+  RowState<S> st{thr.data(), window.data(), heap.get(), heap_n.data(), cand_score.get(), cand_idx.get(),
                  count.data(), exact.data(), k, cap};
   Kern::scan(cb, row_ptr.data(), micro_tiles, st);
 
@@ -334,8 +359,8 @@ void process_tile(const VqNearest& a, const Prepared<S>& prep, const PackedCodeb
     if (exact[r] || heap_n[r] < k) {
       exact_scan<T, METRIC>(a, prep.norm, x.data(), xsq[r], best_d.data(), best_j.data());
     } else {
-      const S* s = cand_score.data() + r * cap;
-      const int64_t* j = cand_idx.data() + r * cap;
+      const S* s = cand_score.get() + r * cap;
+      const int64_t* j = cand_idx.get() + r * cap;
       cd.clear();
       cj.clear();
       for (int64_t c = 0; c < count[r]; ++c) {
@@ -373,8 +398,7 @@ void run(const VqNearest& a, int num_threads) {
   using S = typename compute_type<T>::type;
   Prepared<S> prep(a.codes, a.dim, Kern::NR);
   prepare_codebook<T, S>(a, prep, num_threads);
-  const PackedCodebook<S> cb{prep.panel.get(), prep.offset.get(), S(METRIC == VqMetric::L2 ? -2 : -1), a.codes,
-                             a.dim, prep.panels};
+  const PackedCodebook<S> cb{prep.panel.get(), prep.offset.get(), a.codes, a.dim, prep.panels};
   const int64_t cap = 2 * a.k + 32;
   const int64_t mc = rows_per_tile(a.dim, cap);
   const int64_t tiles = (a.rows + mc - 1) / mc;

@@ -100,20 +100,26 @@ class IndexFlat:
             raise ValueError(f"{fn}: `k` must be >= 1, got {k}")
         k = int(k)
         n = q.shape[0]
-        pad = _FLT_MAX if self._metric == "l2" else -_FLT_MAX
-        distances = torch.full((n, k), pad, dtype=torch.float32, device=q.device)
-        ids = torch.full((n, k), -1, dtype=torch.int64, device=q.device)
         found = min(k, self.ntotal)
-        if found > 0 and n > 0:
-            codebook = self._vectors.to(q.device)
-            self._vectors = codebook
-            idx, dist = vq_nearest(q, codebook, metric="l2" if self._metric == "l2" else "dot", k=found)
-            idx, dist = idx.reshape(n, found), dist.reshape(n, found)
-            ids[:, :found] = idx
-            distances[:, :found] = dist if self._metric == "l2" else -dist
+        if found == k and n > 0:  # the common case: vq_nearest's own outputs, no padding
+            distances, ids = self._nearest(q, k)
+        else:
+            pad = _FLT_MAX if self._metric == "l2" else -_FLT_MAX
+            distances = torch.full((n, k), pad, dtype=torch.float32, device=q.device)
+            ids = torch.full((n, k), -1, dtype=torch.int64, device=q.device)
+            if found > 0 and n > 0:
+                distances[:, :found], ids[:, :found] = self._nearest(q, found)
         if is_numpy:
             return distances.numpy(), ids.numpy()
         return distances, ids
+
+    def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D, I) of the ``k <= ntotal`` nearest stored vectors of each row of ``q``, each (n, k)."""
+        self._vectors = self._vectors.to(q.device)
+        idx, dist = vq_nearest(q, self._vectors, metric="l2" if self._metric == "l2" else "dot", k=k)
+        n = q.shape[0]
+        idx, dist = idx.reshape(n, k), dist.reshape(n, k)
+        return (dist if self._metric == "l2" else dist.neg_()), idx
 
 
 class IndexFlatL2(IndexFlat):
