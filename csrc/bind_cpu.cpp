@@ -131,6 +131,35 @@ PYBIND11_MODULE(_C, m) {
       "out = sum_k coeffs[k] * inputs[k] + noise_std * eps (Philox normals drawn in the kernel).");
 
   m.def(
+      "lincomb_flat",
+      [](const std::vector<uintptr_t>& inputs, const std::vector<double>& coeffs, uintptr_t out, int64_t numel,
+         int dtype, bool noise, double noise_std, int64_t seed, int64_t offset, int num_threads) {
+        // The common call with the fewest conversions: contiguous tensors of one shape
+        // as one row of numel elements, scalar coefficients, one seed.
+        const size_t n = inputs.size();
+        if (n < 1 || n > static_cast<size_t>(ptf::kLincombMaxInputs) || coeffs.size() != n) {
+          throw std::invalid_argument("lincomb_flat: 1 to 4 inputs with one coefficient each");
+        }
+        ptf::LincombArgs a{};
+        a.n_inputs = static_cast<int>(n);
+        for (size_t k = 0; k < n; ++k) {
+          a.inputs[k] = ptf::Mat{ptr(inputs[k]), numel, 1};
+          a.coeffs[k] = coeffs[k];
+        }
+        a.out = ptf::Mat{ptr(out), numel, 1};
+        a.rows = 1;
+        a.cols = numel;
+        a.dtype = static_cast<ptf::DType>(dtype);
+        a.noise = noise;
+        a.noise_std = noise_std;
+        a.seed = static_cast<uint64_t>(seed);
+        a.offset = static_cast<uint64_t>(offset);
+        py::gil_scoped_release release;
+        ptf::lincomb_cpu(a, num_threads);
+      },
+      "lincomb of contiguous inputs as one row of numel elements, scalar coefficients and one seed.");
+
+  m.def(
       "philox_words",
       [](int isa, int64_t seed, int64_t counter, int64_t n, uintptr_t w0, uintptr_t w1) {
         py::gil_scoped_release release;

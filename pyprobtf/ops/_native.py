@@ -117,6 +117,16 @@ def _register(backend: str, module, tail) -> None:
             DTYPE_CODES[out2.dtype], noise, nv, vec(nt), sv, vec(st), offset, *tail("lincomb", out2),
         )
 
+    if backend == "cpp":
+        def lincomb_flat(inputs, coeffs, out, noise, noise_std, seed, offset):
+            """The kernel above for contiguous ``inputs`` and ``out`` of one shape, as one row, scalar
+            coefficients and one seed: the same result, with the fewest host steps (small solver updates
+            are dominated by them)."""
+            module().lincomb_flat([t.data_ptr() for t in inputs], coeffs, out.data_ptr(), out.numel(),
+                                  DTYPE_CODES[out.dtype], noise, noise_std, seed, offset, torch.get_num_threads())
+
+        lincomb.flat = lincomb_flat
+
     @register_kernel("sample_logits", backend)
     @register_kernel("filter_logits", backend)
     def sampling(logits, params, uniform, seed, offset, tokens, logprobs, status, filtered) -> bool:

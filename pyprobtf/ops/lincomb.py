@@ -455,9 +455,14 @@ def _fast_lincomb(tensors, coeffs, noise_std, seed, offset) -> torch.Tensor | No
     if name in _registry.FUNCTIONAL:
         return None
     out = torch.empty_like(first)  # contiguous, as `first` is
+    kernel = _registry.kernel(OP, name)
+    flat = getattr(kernel, "flat", None)
+    if flat is not None:
+        flat(tensors, coeffs, out, noise, noise_std, seed, offset)
+        return out
     # Nothing differs between rows: one long row, as the general path does (same noise counters).
-    _registry.kernel(OP, name)([t.view(1, numel) for t in tensors], list(coeffs), [None] * n, out.view(1, numel),
-                               noise, noise_std, None, seed, None, offset)
+    kernel([t.view(1, numel) for t in tensors], list(coeffs), [None] * n, out.view(1, numel),
+           noise, noise_std, None, seed, None, offset)
     return out
 
 
