@@ -31,9 +31,22 @@ def check_seed(fn: str, seed, x: torch.Tensor):
     return int(seed)
 
 
-def seed_from_generator(generator: torch.Generator | None) -> int:
-    """One int seed drawn from ``generator`` (or torch's default generator on None)."""
-    return int(torch.randint(SEED_MIN, (1 << 63) - 1, (), dtype=torch.int64, generator=generator).item())
+def seed_from_generator(generator: torch.Generator | None, rows: int | None = None):
+    """Seeds drawn from ``generator`` (torch's default CPU generator on None).
+
+    ``rows=None``: one Python int. ``rows=B``: a (B,) int64 tensor of per-row seeds on the
+    generator's device, drawn without reading anything back (the form for CUDA generators,
+    whose ``.item()`` would wait for the device).
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    shape = () if rows is None else (rows,)
+    seed = torch.randint(SEED_MIN, (1 << 63) - 1, shape, dtype=torch.int64, generator=generator, device=device)
+    return int(seed.item()) if rows is None else seed
+
+
+def on_cpu(generator: torch.Generator | None) -> bool:
+    """Whether ``generator`` is None or a CPU generator (its seeds can be read back for free)."""
+    return generator is None or generator.device.type == "cpu"
 
 
 class Counter:

@@ -20,7 +20,9 @@ Noise of the stochastic steps (Euler with ``s_churn``, Euler-ancestral, DDIM wit
 the Philox stream: each such step draws ONE 64-bit seed from ``generator`` (or from
 torch's default generator when it is None), so a seeded generator reproduces a run; a
 list of generators (diffusers' per-sample form) gives each sample its own seed, drawn
-from its own generator, so a sample's noise does not depend on the batch it is in. The
+from its own generator, so a sample's noise does not depend on the batch it is in. A
+CUDA generator gives one seed per sample, drawn on the device so that the step never
+waits for the GPU (reproducible too, a different stream from a CPU generator's). The
 numbers differ from diffusers' ``randn_tensor`` (same distribution). An explicit
 ``variance_noise`` tensor is used as given, as in diffusers.
 
@@ -83,14 +85,19 @@ def _host(scheduler, name: str) -> list[float]:
 
 
 def _seed(generator, sample: torch.Tensor):
-    """One seed per step from ``generator``: an int, or a (B,) tensor for a list of per-sample generators."""
+    """The seed of one step from ``generator``: an int for a CPU generator; (B,) per-row seeds for a list of
+    per-sample generators, or drawn on the device from a CUDA generator (no host sync)."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != sample.shape[0]:
             raise ValueError(f"step: `generator` must be one generator or a list of {sample.shape[0]} (one per "
                              f"sample); got a list of {len(generator)}")
-        seeds = [_noise.seed_from_generator(g) for g in generator]
-        return torch.tensor(seeds, dtype=torch.int64, device=sample.device)
-    return _noise.seed_from_generator(generator)
+        if all(_noise.on_cpu(g) for g in generator):
+            seeds = [_noise.seed_from_generator(g) for g in generator]
+            return torch.tensor(seeds, dtype=torch.int64, device=sample.device)
+        return torch.cat([_noise.seed_from_generator(g, 1).to(sample.device) for g in generator])
+    if _noise.on_cpu(generator):
+        return _noise.seed_from_generator(generator)
+    return _noise.seed_from_generator(generator, sample.shape[0]).to(sample.device)
 
 
 def _update(tensors, coeffs, noise_std=0.0, generator=None, variance_noise=None):

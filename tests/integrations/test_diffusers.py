@@ -13,6 +13,7 @@ ours = pytest.importorskip("pyprobtf.integrations.diffusers")
 # Float32 rounding: host float64 coefficients against diffusers' float32 tensor arithmetic, accumulated over
 # the steps, on states of scale up to sigma_max (about 15). Worst seen: about 1e-6 relative.
 ATOL, RTOL = 2e-5, 2e-5
+ours_lincomb = ours.lincomb
 
 
 def smooth_model(x, t):
@@ -35,6 +36,8 @@ def run(scheduler, x, model, steps, collect=None, **step_kwargs):
 
 
 def pair(name, **config):
+    if name == "DDIMScheduler":  # diffusers' DDIM clips by default, an option that runs the parent's step
+        config.setdefault("clip_sample", False)
     parent = getattr(diffusers, name)(**config)
     fused = getattr(ours, "Fused" + name).from_config(parent.config)
     assert isinstance(fused, type(parent)) and fused.config == parent.config
@@ -65,6 +68,16 @@ CONFIGS = [
     ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": False, "invert_sigmas": False,
                                          "use_karras_sigmas": True}),
 ]
+
+
+@pytest.mark.parametrize("name,config", CONFIGS)
+def test_every_tested_config_takes_the_fused_update(name, config, monkeypatch):
+    """The equivalence tests compare the fused step, not the parent's fallback, for every config."""
+    calls = []
+    monkeypatch.setattr(ours, "lincomb", lambda *a, **k: calls.append(1) or ours_lincomb(*a, **k))
+    _, fused = pair(name, **config)
+    run(fused, torch.randn(3, 7), smooth_model, 3)
+    assert len(calls) >= 3
 
 
 @pytest.mark.parametrize("name,config", [c for c in CONFIGS if "Ancestral" not in c[0]])
@@ -163,6 +176,29 @@ def test_generator_reproduces_and_per_sample_generators_are_batch_invariant():
     full = run_exact(fused, x, 6, generator=gens([10, 11, 12, 13, 14]))
     part = run_exact(fused, x[[3, 0]], 6, generator=gens([13, 10]))
     torch.testing.assert_close(part, full[[3, 0]], atol=1e-6, rtol=1e-6)
+
+
+def test_seeds_from_a_generator_as_ints_or_per_row_tensors():
+    from pyprobtf.integrations import _noise
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert isinstance(_noise.seed_from_generator(g()), int)
+    assert _noise.seed_from_generator(g()) == _noise.seed_from_generator(g())
+    rows = _noise.seed_from_generator(g(), 4)
+    assert rows.shape == (4,) and rows.dtype == torch.int64 and len(set(rows.tolist())) == 4
+    assert torch.equal(rows, _noise.seed_from_generator(g(), 4))
+    assert _noise.on_cpu(None) and _noise.on_cpu(g())
+
+
+@pytest.mark.gpu
+def test_cuda_generator_draws_per_sample_seeds_on_the_device():
+    _, fused = pair("EulerAncestralDiscreteScheduler")
+    x = torch.randn(3, 2, 4, 4, device="cuda")
+    gen = lambda: torch.Generator("cuda").manual_seed(7)  # noqa: E731
+    a, b = run_exact(fused, x, 6, generator=gen()), run_exact(fused, x, 6, generator=gen())
+    assert a.device.type == "cuda" and torch.equal(a, b)
+    many = run_exact(fused, x, 6, generator=[torch.Generator("cuda").manual_seed(s) for s in (1, 2, 3)])
+    part = run_exact(fused, x[[2]], 6, generator=[torch.Generator("cuda").manual_seed(3)])
+    torch.testing.assert_close(part, many[[2]], atol=1e-6, rtol=1e-6)
 
 
 def test_ddim_eta_and_dpm_sde_marginals_match_diffusers():
