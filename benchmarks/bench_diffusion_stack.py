@@ -211,7 +211,7 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
             s = sigma.reshape(-1, 1, 1, 1)
             return x - s * unet((x / (s * s + 1).sqrt()), sigma * 40.0).sample
 
-        repeats = 1 if quick else 2
+        repeats = 1 if quick else 7  # medians: a loop with the network varies by a few % between runs
         for batch in batches if "end-to-end" in parts else ():
             x = torch.randn(batch, 4, size, size, device=device)
             t_model = torch.full((batch,), 500.0, device=device)
@@ -284,8 +284,8 @@ def run(device: str = "cpu", quick: bool = False, parts=("step", "end-to-end", "
                      "used only when churning (s_churn > 0; here 0): part of the cost their users pay, which "
                      "pyprobtf's do not.")
     if "end-to-end" in parts:
-        notes.append("end-to-end: median of alternating runs; model share = the network alone (the same number of "
-                     "calls) over the peer's loop time: the most any scheduler can save is 1 - model share.")
+        notes.append(f"end-to-end: median of {repeats} alternating runs; model share = the network alone (the same "
+                     "number of calls) over the peer's loop time: the most any scheduler can save is 1 - model share.")
     if load_before is not None:
         notes.append(_common.load_note(load_before))
     columns = ["part", "library", "sampler", "batch", "peer ms/step", "pyprobtf ms/step", "peer ms", "pyprobtf ms",

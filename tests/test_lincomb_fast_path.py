@@ -62,8 +62,23 @@ def test_fast_path_declines_what_it_does_not_cover():
     ]
     for args in declined:
         assert impl._fast_lincomb(*args) is None, args
+
+
+def test_fast_path_gradients_are_the_coefficients_times_the_upstream_gradient():
+    torch.manual_seed(0)
+    a, b = (torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    c = torch.randn(3, 4, dtype=torch.float64)  # no gradient wanted
     with torch.enable_grad():
-        assert impl._fast_lincomb([x.clone().requires_grad_()], [1.0], 0.0, None, 0) is None
+        out = impl._fast_lincomb([a, b, c], [1.0, -0.3, 2.0], 0.5, 7, 0)
+        assert out is not None and out.requires_grad
+        torch.testing.assert_close(out.detach(), lincomb([a.detach(), b.detach(), c], [1.0, -0.3, 2.0],
+                                                         noise_std=0.5, seed=7), rtol=0, atol=0)
+        g = torch.randn(3, 4, dtype=torch.float64)
+        ga, gb = torch.autograd.grad(out, (a, b), g)
+    torch.testing.assert_close(ga, g, rtol=0, atol=0)
+    torch.testing.assert_close(gb, -0.3 * g, rtol=1e-15, atol=0)
+    fn = lambda a, b: lincomb([a, b, c], [1.0, -0.3, 2.0], noise_std=0.5, seed=7)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a, b)) and torch.autograd.gradgradcheck(fn, (a, b))
 
 
 def test_invalid_calls_still_raise_the_general_errors():

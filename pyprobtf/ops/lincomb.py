@@ -14,10 +14,11 @@ on every backend and device up to float rounding. Every step of every solver in
 
 The op is differentiable in the tensors, the coefficient tensors and a
 ``noise_std`` tensor (gradients are lincombs and row sums). Eager calls on
-plain tensors go through a ``torch.autograd.Function`` (or straight to the
-kernel when nothing needs a gradient); ``torch.compile``, fake tensors and
-functorch transforms go through the custom ops ``torch.ops.pyprobtf.lincomb``
-and ``torch.ops.pyprobtf.lincomb_out`` (for ``out=``).
+same-shape contiguous plain tensors with number coefficients go straight to the
+kernel, through a small ``torch.autograd.Function`` when a tensor needs a
+gradient; everything else (tensor coefficients, ``out=``, ``torch.compile``,
+fake tensors, functorch transforms) goes through the custom ops
+``torch.ops.pyprobtf.lincomb`` and ``torch.ops.pyprobtf.lincomb_out``.
 """
 
 from __future__ import annotations
@@ -408,7 +409,7 @@ def _normalise(tensors, coeffs, noise_std, seed, offset, out, backend):
 # A solver step is a few microseconds of memory traffic at image sizes: the general
 # path's validation and normalisation (tens of microseconds of Python) would dominate
 # it. The common call (same-shape contiguous plain tensors, Python float coefficients,
-# no per-row tensors, no `out`, no gradient) is recognised here with checks that each
+# no per-row tensors, no `out`) is recognised here with checks that each
 # imply the general path's: anything else, including every invalid call, returns None
 # and takes the general path, which raises its own errors.
 
@@ -442,28 +443,51 @@ def _fast_lincomb(tensors, coeffs, noise_std, seed, offset) -> torch.Tensor | No
     if type(first) is not torch.Tensor or first.dtype not in _checks.FLOAT_DTYPES:
         return None
     shape, dtype, device = first.shape, first.dtype, first.device
-    grad = torch.is_grad_enabled()
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     for t in tensors:
         if (type(t) is not torch.Tensor or not t.is_contiguous() or t.shape != shape or t.dtype != dtype
-                or t.device != device or (grad and t.requires_grad) or is_wrapped(t)):
+                or t.device != device or is_wrapped(t)):
             return None
-    numel = first.numel()
-    if not shape or numel == 0:
+    if not shape or first.numel() == 0:
         return None
     name = _registry.resolve(OP, "auto", device.type)
     if name in _registry.FUNCTIONAL:
         return None
-    out = torch.empty_like(first)  # contiguous, as `first` is
     kernel = _registry.kernel(OP, name)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _FastLincombFunction.apply(kernel, coeffs, noise, noise_std, seed, offset, *tensors)
+    return _run_fast(kernel, tensors, coeffs, noise, noise_std, seed, offset)
+
+
+def _run_fast(kernel, tensors, coeffs, noise, noise_std, seed, offset) -> torch.Tensor:
+    first = tensors[0]
+    out = torch.empty_like(first)  # contiguous, as `first` is
     flat = getattr(kernel, "flat", None)
     if flat is not None:
         flat(tensors, coeffs, out, noise, noise_std, seed, offset)
         return out
     # Nothing differs between rows: one long row, as the general path does (same noise counters).
-    kernel([t.view(1, numel) for t in tensors], list(coeffs), [None] * n, out.view(1, numel),
+    numel = first.numel()
+    kernel([t.view(1, numel) for t in tensors], list(coeffs), [None] * len(tensors), out.view(1, numel),
            noise, noise_std, None, seed, None, offset)
     return out
+
+
+class _FastLincombFunction(torch.autograd.Function):
+    """The fast path's autograd (a neural ODE's stage combinations need gradients): with Python float
+    coefficients the gradient of ``tensors[i]`` is ``coeffs[i] * grad``, itself a differentiable lincomb.
+    Far cheaper per call than the custom op's registered autograd."""
+
+    @staticmethod
+    def forward(ctx, kernel, coeffs, noise, noise_std, seed, offset, *tensors):
+        ctx.coeffs = coeffs
+        return _run_fast(kernel, tensors, coeffs, noise, noise_std, seed, offset)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grads = [None if not needed else grad if c == 1.0 else lincomb([grad], [c])
+                 for needed, c in zip(ctx.needs_input_grad[6:], ctx.coeffs)]
+        return (None,) * 6 + tuple(grads)
 
 
 # ----------------------------------------------------------------------------- public op
