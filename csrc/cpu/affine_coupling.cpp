@@ -37,19 +37,47 @@ bool narrow_packed(int64_t cols, int64_t c0, int64_t c1, std::initializer_list<i
 // One element forward: returns y and sets s (the log multiplier), for both loops below.
 template <typename C, ScaleFn FN, bool INV>
 PTF_HD C forward_element(C xv, C tv, C av, C clamp, C& s) {
-  s = log_multiplier<FN, CpuMath>(av, clamp);
-  return INV ? (xv - tv) * cpu::exp(-s) : xv * cpu::exp(s) + tv;
+  if constexpr (FN == ScaleFn::SigmoidEps) {
+    // The multiplier is in hand before its log: no exp(log(m)) (the same s as log_multiplier's).
+    const C m = C(1) / (C(1) + cpu::exp(-(av + C(2)))) + C(kSigmoidEps);
+    s = CpuMath::log(m);
+    return INV ? (xv - tv) / m : xv * m + tv;
+  } else {
+    s = log_multiplier<FN, CpuMath>(av, clamp);
+    return INV ? (xv - tv) * cpu::exp(-s) : xv * cpu::exp(s) + tv;
+  }
 }
 
 // One element backward: the gradients of x, shift and scale given grad_y (g) and the
 // element's grad_ladj (gl). tv is read only by the inverse.
 template <typename C, ScaleFn FN, bool INV>
 PTF_HD void backward_element(C xv, C tv, C av, C g, C gl, C clamp, C& gx, C& gt, C& ga) {
-  const C s = log_multiplier<FN, CpuMath>(av, clamp);
-  const C e = cpu::exp(INV ? -s : s);
+  C e, d;  // the multiplier exp(+-s) applied, and ds/da
+  if constexpr (FN == ScaleFn::Sigmoid || FN == ScaleFn::SigmoidEps || FN == ScaleFn::InvSigmoid) {
+    // One exp gives both for the sigmoid scales (s, then exp(s) and ds/da, cost three more).
+    const C u = cpu::exp(-(av + C(2)));
+    const C sig = C(1) / (C(1) + u);
+    const C sig_neg = C(1) / (C(1) + C(1) / u);  // 1 - sig without cancellation; u = inf gives 1, u = 0 gives 0
+    C m;  // exp(s)
+    if constexpr (FN == ScaleFn::Sigmoid) {
+      m = sig;
+      d = sig_neg;
+    } else if constexpr (FN == ScaleFn::SigmoidEps) {
+      m = sig + C(kSigmoidEps);
+      d = sig * sig_neg / m;
+    } else {
+      m = C(1) + u;
+      d = -sig_neg;
+    }
+    e = INV ? C(1) / m : m;
+  } else {
+    const C s = log_multiplier<FN, CpuMath>(av, clamp);
+    e = cpu::exp(INV ? -s : s);
+    d = dlog_multiplier<FN, CpuMath>(av, s, clamp);
+  }
   gx = g * e;
   const C gs = INV ? -(g * ((xv - tv) * e)) - gl : gx * xv + gl;
-  ga = gs * dlog_multiplier<FN, CpuMath>(av, s, clamp);
+  ga = gs * d;
   gt = INV ? -gx : g;
 }
 
