@@ -81,53 +81,12 @@ PTF_HD void backward_element(C xv, C tv, C av, C g, C gl, C clamp, C& gx, C& gt,
   gt = INV ? -gx : g;
 }
 
-// Columns [c0, c1) of rows [r0, r1), with ladj_elements: y and the per-element +-s.
-template <typename T, ScaleFn FN, bool INV, bool CONTIG>
-PTF_MULTIVERSION void forward_tile_elements(const AffineCouplingForward& a, int64_t r0, int64_t r1, int64_t c0,
-                                            int64_t c1) {
-  using C = typename compute_type<T>::type;
-  const C clamp = static_cast<C>(a.clamp);
-  const int64_t xs = CONTIG ? 1 : a.x.col_stride;
-  const int64_t ts = CONTIG ? 1 : a.shift.col_stride;
-  const int64_t as = CONTIG ? 1 : a.scale.col_stride;
-  if constexpr (CONTIG) {
-    if (narrow_packed(a.cols, c0, c1, {a.x.row_stride, a.shift.row_stride, a.scale.row_stride})) {
-      const int64_t n = (r1 - r0) * a.cols;
-      const T* x = static_cast<const T*>(a.x.data) + r0 * a.cols;
-      const T* t = static_cast<const T*>(a.shift.data) + r0 * a.cols;
-      const T* sc = static_cast<const T*>(a.scale.data) + r0 * a.cols;
-      T* y = static_cast<T*>(a.y) + r0 * a.cols;
-      C* l = static_cast<C*>(a.ladj) + r0 * a.cols;
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        C s;
-        y[i] = cpu::store<T>(forward_element<C, FN, INV>(cpu::load(x[i]), cpu::load(t[i]), cpu::load(sc[i]), clamp, s));
-        l[i] = INV ? -s : s;
-      }
-      return;
-    }
-  }
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* x = static_cast<const T*>(a.x.data) + r * a.x.row_stride;
-    const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
-    const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride;
-    T* y = static_cast<T*>(a.y) + r * a.cols;
-    C* l = static_cast<C*>(a.ladj) + r * a.cols;
-#pragma omp simd
-    for (int64_t c = c0; c < c1; ++c) {
-      C s;
-      y[c] = cpu::store<T>(
-          forward_element<C, FN, INV>(cpu::load(x[c * xs]), cpu::load(t[c * ts]), cpu::load(sc[c * as]), clamp, s));
-      l[c] = INV ? -s : s;
-    }
-  }
-}
-
-// Columns [c0, c1) of rows [r0, r1). partial[r - r0] receives the row's sum of s
-// over those columns, accumulated in float64.
-template <typename T, ScaleFn FN, bool INV, bool CONTIG>
+// Columns [c0, c1) of rows [r0, r1). ELEMENTS: the per-element +-s go to a.ladj; otherwise
+// partial[r - r0] receives the row's sum of s over those columns, accumulated in float64.
+template <typename T, ScaleFn FN, bool INV, bool CONTIG, bool ELEMENTS = false>
 PTF_MULTIVERSION void forward_tile(const AffineCouplingForward& a, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                                    double* partial) {
+  using L = typename compute_type<T>::type;
   using C = typename compute_type<T>::type;
   const C clamp = static_cast<C>(a.clamp);
   const int64_t xs = CONTIG ? 1 : a.x.col_stride;
@@ -143,12 +102,14 @@ PTF_MULTIVERSION void forward_tile(const AffineCouplingForward& a, int64_t r0, i
       const T* sc = static_cast<const T*>(a.scale.data) + r0 * a.cols;
       T* y = static_cast<T*>(a.y) + r0 * a.cols;
       C s_tile[cpu::kTile];
+      L* s_out = ELEMENTS ? static_cast<L*>(a.ladj) + r0 * a.cols : s_tile;
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         C s;
         y[i] = cpu::store<T>(forward_element<C, FN, INV>(cpu::load(x[i]), cpu::load(t[i]), cpu::load(sc[i]), clamp, s));
-        s_tile[i] = s;
+        s_out[i] = ELEMENTS && INV ? -s : s;
       }
+      if constexpr (ELEMENTS) return;
       for (int64_t r = 0; r < r1 - r0; ++r) {
         double acc = 0.0;
         for (int64_t c = 0; c < a.cols; ++c) acc += static_cast<double>(s_tile[r * a.cols + c]);
@@ -162,6 +123,17 @@ PTF_MULTIVERSION void forward_tile(const AffineCouplingForward& a, int64_t r0, i
     const T* t = static_cast<const T*>(a.shift.data) + r * a.shift.row_stride;
     const T* sc = static_cast<const T*>(a.scale.data) + r * a.scale.row_stride;
     T* y = static_cast<T*>(a.y) + r * a.cols;
+    if constexpr (ELEMENTS) {
+      L* l = static_cast<L*>(a.ladj) + r * a.cols;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) {
+        C s;
+        y[c] = cpu::store<T>(
+            forward_element<C, FN, INV>(cpu::load(x[c * xs]), cpu::load(t[c * ts]), cpu::load(sc[c * as]), clamp, s));
+        l[c] = INV ? -s : s;
+      }
+      continue;
+    }
     double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
     for (int64_t c = c0; c < c1; ++c) {
@@ -349,12 +321,12 @@ void forward_impl(const AffineCouplingForward& a, int num_threads) {
       if (tiling.col_tiles == 1) {
         const int64_t r0 = tile * tiling.rows_per_tile;
         const int64_t r1 = r0 + tiling.rows_per_tile < a.rows ? r0 + tiling.rows_per_tile : a.rows;
-        forward_tile_elements<T, FN, INV, CONTIG>(a, r0, r1, 0, a.cols);
+        forward_tile<T, FN, INV, CONTIG, true>(a, r0, r1, 0, a.cols, nullptr);
       } else {
         const int64_t r = tile / tiling.col_tiles;
         const int64_t c0 = (tile % tiling.col_tiles) * cpu::kTile;
         const int64_t c1 = c0 + cpu::kTile < a.cols ? c0 + cpu::kTile : a.cols;
-        forward_tile_elements<T, FN, INV, CONTIG>(a, r, r + 1, c0, c1);
+        forward_tile<T, FN, INV, CONTIG, true>(a, r, r + 1, c0, c1, nullptr);
       }
     });
     return;
